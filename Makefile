@@ -1,0 +1,39 @@
+# nm-sparsity: every experiment of the paper is one target. `make help` lists them.
+PY := .venv/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
+        reproduce-raft throughput
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## create .venv/ with torch, timm, mmcv (compiled ops), mmdet, test tools and the project
+	bash scripts/install.sh
+
+test:  ## run the test suite
+	$(PY) -m pytest -q tests
+
+bench:  ## CPU benchmarks (pytest-benchmark): mask speed, SR-STE/dense step ratio; JSON to results/bench/
+	@mkdir -p results/bench
+	$(PY) -m pytest -q benchmarks -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,rounds \
+		--benchmark-json=results/bench/cpu.json
+	$(PY) -m benchmarks.report results/bench/cpu.json
+
+reproduce-imagenet:  ## ImageNet table (IMAGENET_ROOT) or the Fashion-MNIST proxy; SMOKE=1 for a short run
+	$(PY) -m nm_plugins.train.reproduce
+
+reproduce-coco-det:  ## Faster R-CNN rows on COCO (COCO_ROOT) or the proxy; SMOKE=1 for a short run
+	$(PY) -m nm_plugins.mmdet.reproduce det
+
+reproduce-coco-seg:  ## Mask R-CNN rows on COCO (COCO_ROOT) or the proxy; SMOKE=1 for a short run
+	$(PY) -m nm_plugins.mmdet.reproduce seg
+
+coco-proxy-data:  ## generate the COCO-format Fashion-MNIST detection proxy into data/
+	$(PY) -m nm_plugins.mmdet.proxy_data
+
+reproduce-raft:  ## sparse RAFT on FlyingChairs & co (dataset roots) or the synthetic proxy; SMOKE=1 short
+	$(PY) -m nm_plugins.raft.reproduce
+
+throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)
+	$(PY) -m benchmarks.throughput

@@ -1,0 +1,14 @@
+"""The N:M core: pattern, mask, SR-STE/STE autograd, sparse layers, sparsify, SAD, counts. Imports only torch."""
+from .flops import count_params_flops
+from .layers import METHODS, SparseConv2d, SparseLinear, SparseMixin, sparse_layers
+from .mask import is_valid_nm_mask, nm_mask
+from .pattern import NMPattern
+from .sad import SADTracker, sad
+from .semi_structured import to_semi_structured
+from .sparsify import SparsityReport, export_dense, find_classifier, prune_once, refresh_masks, sparsify
+
+__all__ = [
+    "NMPattern", "nm_mask", "is_valid_nm_mask", "SparseConv2d", "SparseLinear", "SparseMixin", "METHODS",
+    "sparse_layers", "sparsify", "SparsityReport", "prune_once", "refresh_masks", "export_dense",
+    "find_classifier", "sad", "SADTracker", "count_params_flops", "to_semi_structured",
+]

@@ -1,0 +1,57 @@
+"""Parameter and FLOP counts that count only the weights an N:M mask keeps."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import SparseMixin
+
+
+def _kept_weights(module: nn.Module) -> int:
+    if isinstance(module, SparseMixin) and module.method != "dense":
+        return int(module.mask().sum())
+    return module.weight.numel()
+
+
+def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224)) -> tuple[int, int]:
+    """(params, flops): parameters with pruned N:M weights left out, and multiply-accumulates of all
+    Conv2d/Linear layers for one forward of a zero tensor of ``input_size`` (kept weights only).
+
+    Convention: one FLOP = one multiply-accumulate of a conv/linear weight, as in the paper's dense
+    ResNet-50 figure (4.09G); biases, norms, activations, pooling and additions are not counted.
+    """
+    params = 0
+    pruned = {}
+    for module in model.modules():
+        if isinstance(module, SparseMixin) and module.method != "dense":
+            pruned[id(module.weight)] = module.weight.numel() - _kept_weights(module)
+    seen = set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params += p.numel() - pruned.get(id(p), 0)
+
+    flops = 0
+
+    def hook(module, inputs, output):
+        nonlocal flops
+        kept = _kept_weights(module)
+        if isinstance(module, nn.Conv2d):
+            flops += kept * output.shape[0] * output.shape[-1] * output.shape[-2]
+        else:  # Linear: one pass of the weight per output row
+            flops += kept * (output.numel() // output.shape[-1])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        x = torch.zeros(input_size, device=p.device if p is not None else "cpu")
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    batch = input_size[0] if len(input_size) else 1
+    return params, flops // max(batch, 1)

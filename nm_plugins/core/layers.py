@@ -1,0 +1,164 @@
+"""SR-STE / STE / fixed-mask N:M layers: drop-in subclasses of nn.Conv2d and nn.Linear."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mask import check_groupable, nm_mask
+from .pattern import NMPattern
+
+METHODS = ("srste", "ste", "fixed", "dense")
+DEFAULT_DECAY = 2e-4
+
+
+class _MaskState:
+    """Per-layer cache: the mask and the weight version it was computed for / the decay was added at."""
+
+    __slots__ = ("key", "decay_key")
+
+    def __init__(self):
+        self.key = None
+        self.decay_key = None
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """weight ⊙ mask forward; straight-through backward (+ SR-STE decay once per weight version,
+    or masked gradient for ``fixed``)."""
+
+    @staticmethod
+    def forward(ctx, weight, mask, method, decay, state, key):
+        ctx.save_for_backward(weight, mask)
+        ctx.method, ctx.decay, ctx.state, ctx.key = method, decay, state, key
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, mask = ctx.saved_tensors
+        if ctx.method == "fixed":
+            return grad_out * mask, None, None, None, None, None
+        grad = grad_out
+        if ctx.method == "srste" and ctx.decay != 0.0 and ctx.state.decay_key != ctx.key:
+            # Added once per weight version, i.e. once per optimizer step, however many micro-batches
+            # (gradient accumulation) or processes (DDP averages identical terms) contribute.
+            ctx.state.decay_key = ctx.key
+            grad = torch.addcmul(grad_out, weight, (~mask).to(grad_out.dtype), value=ctx.decay)
+        return grad, None, None, None, None, None
+
+
+class SparseMixin:
+    """Shared N:M machinery of :class:`SparseConv2d` and :class:`SparseLinear`."""
+
+    weight: nn.Parameter
+
+    def _init_sparsity(self, pattern, method, decay):
+        if method not in METHODS:
+            raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
+        decay = float(decay)
+        if decay < 0:
+            raise ValueError(f"SR-STE decay must be >= 0, got {decay}")
+        self.pattern = NMPattern.parse(pattern)
+        self.method = method
+        self.decay = decay if method == "srste" else 0.0
+        check_groupable(self.weight.shape, self.pattern)
+        self.register_buffer("nm_mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self._state = _MaskState()
+
+    def _weight_key(self):
+        w = self.weight
+        return (w._version, w.data_ptr(), w.device)
+
+    def mask(self) -> torch.Tensor:
+        """The current N:M mask; recomputed only when the dense weight changed since it was computed
+        (``fixed`` keeps its mask; ``dense`` computes it for tracking but never applies it)."""
+        key = self._weight_key()
+        if self._state.key is None or (self.method != "fixed" and self._state.key != key):
+            with torch.no_grad():
+                self.nm_mask.copy_(nm_mask(self.weight, self.pattern))
+            self._state.key = key
+        return self.nm_mask
+
+    def refresh_mask(self) -> torch.Tensor:
+        """Recompute the mask from the current weight now (also for ``fixed``) and return it."""
+        self._state.key = None
+        return self.mask()
+
+    def masked_weight(self) -> torch.Tensor:
+        """weight ⊙ mask, differentiable with the layer's method (SR-STE, STE, fixed, dense)."""
+        if self.method == "dense":
+            return self.weight
+        mask = self.mask()
+        if not torch.is_grad_enabled() or not self.weight.requires_grad:
+            return self.weight * mask
+        return _MaskedWeight.apply(self.weight, mask, self.method, self.decay, self._state, self._state.key)
+
+    def set_method(self, method: str, decay: float | None = None) -> None:
+        """Switch the training method (e.g. to ``fixed`` for ASP fine-tuning), keeping the current mask."""
+        if method not in METHODS:
+            raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
+        if method == "fixed":
+            self.mask()
+        self.method = method
+        self.decay = (DEFAULT_DECAY if decay is None else float(decay)) if method == "srste" else 0.0
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "nm_mask"
+        had_mask = key in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if not had_mask:
+            # A dense checkpoint: the mask is derived from the loaded weight.
+            if key in missing_keys:
+                missing_keys.remove(key)
+            self._state.key = None
+        elif self.method == "fixed":
+            self._state.key = self._weight_key()
+        else:
+            self._state.key = None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pattern={self.pattern}, method={self.method}, decay={self.decay:g}"
+
+    @classmethod
+    def from_dense(cls, module, pattern="2:4", method="srste", decay=DEFAULT_DECAY):
+        """A sparse layer sharing ``module``'s weight and bias Parameters (optimizers keep working)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
+        new._parameters = dict(module._parameters)
+        new._buffers = dict(module._buffers)
+        new._modules = dict(module._modules)
+        new._init_sparsity(pattern, method, decay)
+        new.train(module.training)
+        return new
+
+
+class SparseConv2d(SparseMixin, nn.Conv2d):
+    """nn.Conv2d whose forward uses weight ⊙ N:M mask; groups of M input channels at fixed (out, kh, kw)."""
+
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_sparsity(pattern, method, decay)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.masked_weight(), self.bias)
+
+
+class SparseLinear(SparseMixin, nn.Linear):
+    """nn.Linear whose forward uses weight ⊙ N:M mask (bias kept); groups of M consecutive input features."""
+
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_sparsity(pattern, method, decay)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.masked_weight(), self.bias)
+
+
+SPARSE_TYPES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
+
+
+def sparse_layers(model: nn.Module):
+    """Yield (name, layer) for every N:M layer in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, SparseMixin):
+            yield name, module

@@ -1,0 +1,88 @@
+"""N:M magnitude masks along the input-channel axis."""
+from __future__ import annotations
+
+import torch
+
+from .pattern import NMPattern
+
+
+def grouped_axis_size(shape: torch.Size | tuple) -> int:
+    """Size of the axis that N:M groups run along: dim 1 (input channels / features) of a weight."""
+    if len(shape) < 2:
+        raise ValueError(f"N:M masks need a weight with at least 2 dims [out, in, ...], got shape {tuple(shape)}")
+    return shape[1]
+
+
+def check_groupable(shape: torch.Size | tuple, pattern: NMPattern) -> None:
+    """Raise ValueError unless a weight of this shape can be split into groups of M input channels."""
+    size = grouped_axis_size(shape)
+    if size % pattern.m != 0:
+        raise ValueError(
+            f"weight of shape {tuple(shape)} cannot take the N:M pattern {pattern}: its input-channel axis "
+            f"(dim 1, size {size}) is not divisible by M={pattern.m}"
+        )
+
+
+def to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """View a weight [out, in, *k] as rows of M consecutive input channels: shape [-1, M].
+
+    Input channels are moved last so that each row holds M consecutive channels at a fixed (out, *k).
+    """
+    if weight.dim() == 2:
+        return weight.reshape(-1, m)
+    return weight.movedim(1, -1).reshape(-1, m)
+
+
+def from_groups(groups: torch.Tensor, shape: torch.Size | tuple) -> torch.Tensor:
+    """Inverse of :func:`to_groups` for a weight of the given shape."""
+    if len(shape) == 2:
+        return groups.reshape(shape)
+    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return groups.reshape(moved).movedim(-1, 1)
+
+
+def group_topn(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """Boolean mask of the N largest |values| in every row; ties keep the lower index.
+
+    Rank of an element = how many elements of its row beat it (larger magnitude, or equal magnitude at a
+    lower index); it is kept when its rank is below N. M vectorised comparisons, no sort.
+    """
+    mag = groups.abs()
+    m = mag.shape[-1]
+    if n == m:
+        return torch.ones_like(mag, dtype=torch.bool)
+    rank = torch.zeros(mag.shape, dtype=torch.uint8, device=mag.device)
+    for j in range(m):
+        col = mag[:, j : j + 1]
+        beats = col > mag
+        beats[:, j + 1 :] |= col == mag[:, j + 1 :]
+        rank += beats
+    return rank < n
+
+
+def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
+    """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
+    largest |w| are True (ties keep the lower index).
+
+    Linear [out, in]: groups of M consecutive input features in a row; Conv [out, in, kh, kw]: M
+    consecutive input channels at a fixed (out, kh, kw). Raises ValueError when dim 1 is not divisible
+    by M or when the weight holds NaN/inf.
+    """
+    pattern = NMPattern.parse(pattern)
+    check_groupable(weight.shape, pattern)
+    w = weight.detach()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(
+            f"cannot compute an N:M mask for a weight of shape {tuple(weight.shape)} holding NaN or inf values"
+        )
+    groups = to_groups(w, pattern.m)
+    return from_groups(group_topn(groups, pattern.n), weight.shape).contiguous()
+
+
+def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
+    """True when ``mask`` keeps exactly N entries in every group of M input channels."""
+    pattern = NMPattern.parse(pattern)
+    if grouped_axis_size(mask.shape) % pattern.m != 0:
+        return False
+    counts = to_groups(mask.to(torch.int32), pattern.m).sum(dim=1)
+    return bool((counts == pattern.n).all())

@@ -1,0 +1,1 @@
+"""Training entry points (classification) and the runtime pieces every trainer shares."""
