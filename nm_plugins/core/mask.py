@@ -1,6 +1,11 @@
 """N:M magnitude masks along the input-channel axis."""
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
 import torch
 
 from .pattern import NMPattern
@@ -60,6 +65,52 @@ def group_topn(groups: torch.Tensor, n: int) -> torch.Tensor:
     return rank < n
 
 
+def _load_kernel():
+    """The compiled one-pass kernel (csrc/nm_mask_kernel.c, built by ``pip install``), or None."""
+    if os.environ.get("NM_MASK_BACKEND", "auto") == "torch":
+        return None
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_nm_mask_kernel{suffix}"
+        if path.exists():
+            lib = ctypes.CDLL(str(path))
+            fn = lib.nm_mask_kernel
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            return fn
+    return None
+
+
+_KERNEL = _load_kernel()
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def mask_backend() -> str:
+    """Which implementation :func:`nm_mask` uses for CPU tensors: ``"kernel"`` (compiled C) or ``"torch"``."""
+    return "kernel" if _KERNEL is not None else "torch"
+
+
+def _nonfinite_error(shape) -> ValueError:
+    return ValueError(f"cannot compute an N:M mask for a weight of shape {tuple(shape)} holding NaN or inf values")
+
+
+def _kernel_mask(w: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    src = (w if w.dtype in (torch.float32, torch.float64) else w.float()).contiguous()
+    out = torch.empty(w.shape, dtype=torch.bool)
+    if w.numel() == 0:
+        return out
+    o, c = w.shape[0], w.shape[1]
+    k = w.numel() // (o * c)
+    rc = _KERNEL(src.data_ptr(), out.data_ptr(), o, c, k, pattern.n, pattern.m,
+                 int(src.dtype == torch.float64), torch.get_num_threads())
+    if rc == 1:
+        raise _nonfinite_error(w.shape)
+    if rc != 0:
+        raise RuntimeError(f"nm_mask kernel failed for shape {tuple(w.shape)} and pattern {pattern}")
+    return out
+
+
 def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
     """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
     largest |w| are True (ties keep the lower index).
@@ -71,10 +122,10 @@ def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
     pattern = NMPattern.parse(pattern)
     check_groupable(weight.shape, pattern)
     w = weight.detach()
+    if _KERNEL is not None and w.device.type == "cpu" and w.dtype in _KERNEL_DTYPES and pattern.m <= 64:
+        return _kernel_mask(w, pattern)
     if not bool(torch.isfinite(w).all()):
-        raise ValueError(
-            f"cannot compute an N:M mask for a weight of shape {tuple(weight.shape)} holding NaN or inf values"
-        )
+        raise _nonfinite_error(weight.shape)
     groups = to_groups(w, pattern.m)
     return from_groups(group_topn(groups, pattern.n), weight.shape).contiguous()
 

@@ -1,6 +1,7 @@
 """The N:M sparsity pattern: keep N weights in every group of M."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -45,15 +46,14 @@ class NMPattern:
 
     @property
     def tensor_core_compatible(self) -> bool:
-        """True when every mask of this pattern is also a valid 2:4 mask (sparse tensor cores accept it).
-
-        Each aligned group of 4 must hold at most 2 kept weights whatever the N:M mask chooses. Groups of M
-        split into M/4 groups of 4 when 4 divides M, and an N:M group can put all N kept weights into one
-        group of 4, so that needs N <= 2. When M divides 4 (M = 1, 2, 4), each group of 4 holds 4/M
-        groups of M, so it needs N * 4/M <= 2.
+        """True when every mask of this pattern is also a valid 2:4 mask (sparse tensor cores accept it):
+        no aligned group of 4 weights can hold more than 2 kept ones, wherever the N:M mask puts them.
+        2:4, 1:4, 2:8 and 1:2 are; 4:8 and 3:8 are not.
         """
-        if self.m % 4 == 0:
-            return self.n <= 2
-        if 4 % self.m == 0:
-            return self.n * (4 // self.m) <= 2
-        return False
+        span = self.m * 4 // math.gcd(self.m, 4)  # both groupings repeat with this period
+        worst = 0
+        for start in range(0, span, 4):
+            # each group of M can put min(N, overlap) of its kept weights into this group of 4
+            kept = sum(min(self.n, max(0, min(g + self.m, start + 4) - max(g, start))) for g in range(0, span, self.m))
+            worst = max(worst, kept)
+        return worst <= 2

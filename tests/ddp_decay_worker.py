@@ -1,0 +1,35 @@
+"""Run under torchrun: SR-STE gradients in a 2-process DDP job with gradient accumulation.
+
+Each rank sees different data; DDP averages gradients. The decay term must appear once, not once per process
+and not once per micro-batch. Rank 0 writes the result to the file named by argv[1]."""
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nm_plugins import SparseLinear, nm_mask
+
+DECAY = 0.5
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+layer = SparseLinear(8, 2, bias=False, decay=DECAY)
+model = DDP(layer)
+xs = [torch.randn(3, 8, generator=torch.Generator().manual_seed(10 * rank + i)) for i in range(2)]
+with model.no_sync():
+    model(xs[0]).sum().backward()
+model(xs[1]).sum().backward()
+# expected: average over ranks of the summed data gradients, plus the decay term once
+data = torch.zeros(2, 8)
+for r in range(world):
+    for i in range(2):
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(10 * r + i))
+        data += torch.ones(2, 3) @ x
+mask = nm_mask(layer.weight, "2:4")
+expected = data / world + DECAY * (~mask) * layer.weight.detach()
+ok = torch.allclose(layer.weight.grad, expected, atol=1e-5)
+if rank == 0:
+    with open(sys.argv[1], "w") as f:
+        f.write(f"{ok} {(layer.weight.grad - expected).abs().max().item()}")
+dist.destroy_process_group()

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nm_plugins import NMPattern, is_valid_nm_mask, nm_mask
+
+PATTERNS = ["1:2", "2:4", "1:4", "4:8", "2:8", "3:8", "1:1", "4:16"]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def reference_mask(weight, pattern):
+    """Argsort reference: group M input channels at fixed (out, *kernel), keep the N largest |w|, lower index on ties."""
+    p = NMPattern.parse(pattern)
+    w = weight.float().abs()
+    moved = w.movedim(1, -1) if w.dim() > 2 else w
+    groups = moved.reshape(-1, p.m)
+    order = torch.argsort(-groups, dim=1, stable=True)[:, : p.n]
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    keep = keep.reshape(moved.shape)
+    return keep.movedim(-1, 1) if w.dim() > 2 else keep
+
+
+@st.composite
+def weights(draw):
+    pattern = NMPattern.parse(draw(st.sampled_from(PATTERNS)))
+    dtype = draw(st.sampled_from(DTYPES))
+    out = draw(st.integers(1, 6))
+    groups = draw(st.integers(1, 4))
+    kernel = draw(st.sampled_from([(), (1, 1), (3, 3), (1, 3), (2, 2, 2)]))
+    shape = (out, groups * pattern.m) + kernel
+    # few distinct values, so that ties are frequent
+    levels = draw(st.sampled_from([3, 1000]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randint(-levels, levels + 1, shape, generator=gen).to(torch.float32) / levels
+    return values.to(dtype), pattern
+
+
+@settings(max_examples=300, deadline=None)
+@given(weights())
+def test_mask_matches_argsort_reference(case):
+    w, pattern = case
+    mask = nm_mask(w, pattern)
+    assert mask.dtype == torch.bool and mask.shape == w.shape
+    assert torch.equal(mask, reference_mask(w, pattern))
+    assert is_valid_nm_mask(mask, pattern)
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights())
+def test_every_group_keeps_exactly_n_largest(case):
+    w, pattern = case
+    mask = nm_mask(w, pattern)
+    moved = (w.movedim(1, -1) if w.dim() > 2 else w).float().abs().reshape(-1, pattern.m)
+    keep = (mask.movedim(1, -1) if w.dim() > 2 else mask).reshape(-1, pattern.m)
+    assert torch.all(keep.sum(1) == pattern.n)
+    if pattern.n < pattern.m:
+        smallest_kept = torch.where(keep, moved, torch.full_like(moved, float("inf"))).min(1).values
+        largest_pruned = torch.where(~keep, moved, torch.full_like(moved, -1.0)).max(1).values
+        assert torch.all(smallest_kept >= largest_pruned)
+
+
+def test_conv_groups_run_along_input_channels():
+    # out=1, in=4, 1x2 kernel: the group at kernel position 0 is w[0, :, 0, 0], not w[0, 0, 0, :]
+    w = torch.tensor([[[[4.0, 0.1]], [[3.0, 0.2]], [[0.5, 9.0]], [[0.4, 8.0]]]])
+    mask = nm_mask(w, "2:4")
+    assert mask[0, :, 0, 0].tolist() == [True, True, False, False]
+    assert mask[0, :, 0, 1].tolist() == [False, False, True, True]
+
+
+def test_linear_groups_are_consecutive_input_features():
+    w = torch.tensor([[1.0, 5.0, 2.0, 3.0, -9.0, 0.0, 0.0, 1.0]])
+    assert nm_mask(w, "2:4").tolist() == [[False, True, False, True, True, False, False, True]]
+
+
+def test_ties_keep_lower_index():
+    w = torch.tensor([[1.0, -1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    assert nm_mask(w, "2:4").tolist() == [[True, True, False, False], [True, True, False, False]]
+
+
+def test_indivisible_input_axis_names_shape_and_pattern():
+    with pytest.raises(ValueError) as err:
+        nm_mask(torch.randn(8, 6, 3, 3), "2:4")
+    assert "(8, 6, 3, 3)" in str(err.value) and "2:4" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_raise(bad):
+    w = torch.randn(4, 8)
+    w[1, 3] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nm_mask(w, "2:4")
+
+
+def test_one_dim_weight_raises():
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        nm_mask(torch.randn(8), "2:4")
+
+
+def test_mask_does_not_track_gradients():
+    w = torch.randn(4, 8, requires_grad=True)
+    assert not nm_mask(w, "2:4").requires_grad
