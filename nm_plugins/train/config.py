@@ -1,0 +1,102 @@
+"""Trainer configuration: YAML file + ``section.key=value`` overrides over documented defaults."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+# Every key a classification config may set, with its default (the paper's ImageNet recipe).
+DEFAULTS = {
+    "name": "run",
+    "model": {"name": "resnet50", "kwargs": {}, "checkpoint": None},
+    "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4, "keep_classifier_dense": True,
+                 "exclude": [], "asp_prune_epoch": None},
+    "data": {"dataset": "imagenet", "root": None, "batch_size": 256, "workers": 8, "img_size": 224,
+             "train_subset": None, "val_subset": None, "skip_bad_images": False, "augment": True},
+    "optim": {"epochs": 120, "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5.0e-5,
+              "warmup_epochs": 5, "label_smoothing": 0.0},
+    "train": {"seed": 0, "device": "auto", "amp": True, "channels_last": True, "out_dir": None,
+              "eval_every": 1, "stop_after_epoch": None, "threads": None, "progress": True,
+              "checkpoint": True},
+}
+DATASETS = ("imagenet", "fashion_mnist")
+
+
+def _merge(base: dict, new: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in new.items():
+        if key not in base:
+            raise ValueError(f"config: unknown key '{where}{key}'; known keys here: {', '.join(sorted(base))}")
+        if isinstance(base[key], dict) and key != "kwargs":
+            if not isinstance(value, dict):
+                raise ValueError(f"config: {where}{key} must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(config: dict, item: str) -> dict:
+    """Apply one ``section.key=value`` override (value parsed as YAML) and return the new config."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.epochs=2)")
+    path, _, raw = item.partition("=")
+    value = yaml.safe_load(raw) if raw != "" else None
+    node: dict = {}
+    tree = node
+    keys = path.strip().split(".")
+    for key in keys[:-1]:
+        node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+    return _merge(config, tree, "")
+
+
+def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
+    """Defaults, then the YAML file (may name a ``base:`` file relative to itself), then overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        config = _merge(config, read_yaml(Path(path)), "")
+    for item in overrides:
+        config = apply_override(config, item)
+    validate(config)
+    return config
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file's mapping, with its ``base:`` file (relative path) merged underneath."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_update(read_yaml(path.parent / base), data)
+    return data
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(config: dict) -> None:
+    """Raise ValueError naming the first setting that cannot work."""
+    if config["data"]["dataset"] not in DATASETS:
+        raise ValueError(f"config: data.dataset must be one of {', '.join(DATASETS)}, got {config['data']['dataset']!r}")
+    if config["sparsity"]["method"] not in ("srste", "ste", "asp", "fixed", "dense"):
+        raise ValueError(f"config: sparsity.method {config['sparsity']['method']!r} is not srste, ste, asp, fixed or dense")
+    epochs = config["optim"]["epochs"]
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"config: optim.epochs must be a positive integer, got {epochs!r}")
+    if config["sparsity"]["method"] == "asp":
+        k = config["sparsity"]["asp_prune_epoch"]
+        if not isinstance(k, int) or not 0 < k < epochs:
+            raise ValueError(f"config: sparsity.asp_prune_epoch must be an integer in 1..{epochs - 1} "
+                             f"(dense epochs before pruning), got {k!r}")
+    if not isinstance(config["data"]["batch_size"], int) or config["data"]["batch_size"] < 1:
+        raise ValueError(f"config: data.batch_size must be a positive integer, got {config['data']['batch_size']!r}")
