@@ -1,0 +1,293 @@
+"""Train (and evaluate) a sparse RAFT stage from a YAML config.
+
+    python -m nm_plugins.raft.train --config configs/raft/chairs.yaml [--resume] [--set model.method=ste ...]
+    torchrun --nproc_per_node=2 -m nm_plugins.raft.train --config configs/raft/chairs.yaml
+
+RAFT recipe: sequence loss (gamma, max-flow), AdamW, one-cycle LR (linear, pct_start; like RAFT the schedule
+spans steps + ``schedule_extra_steps`` = 100, so it ends just above 0), gradient clipping, 12 flow updates.
+Writes ``last.pth`` (atomic, every ``ckpt_every`` steps, for ``--resume``), ``final.pth`` (model weights),
+``log.jsonl`` + TensorBoard (loss, EPE, LR, SAD) and ``results.json`` to ``out_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader
+
+from nm_plugins.core import SADTracker, count_params_flops, is_valid_nm_mask, sparse_layers
+from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
+                                      save_checkpoint, seed_everything, set_rng_state)
+
+from .datasets import train_set, val_set
+from .evaluate import EVAL_ITERS, _collate, evaluate
+from .metrics import sequence_loss
+from .model import create
+
+DEFAULTS = {
+    "name": "raft", "stage": "chairs", "out_dir": "runs/raft/{name}/{tag}", "device": "auto", "threads": None,
+    "model": {"size": "large", "pattern": "2:4", "method": "srste", "decay": 2.0e-4, "weights": None},
+    "data": {"crop": [368, 496], "batch_size": 4, "workers": 4, "proxy": {}},
+    "optim": {"lr": 4.0e-4, "weight_decay": 1.0e-4, "eps": 1.0e-8, "steps": 200000, "pct_start": 0.05, "clip": 1.0,
+              "schedule_extra_steps": 100},
+    "loss": {"gamma": 0.8, "max_flow": 400.0},
+    "train": {"iters": 12, "seed": 0, "amp": True, "freeze_bn": False, "log_every": 100, "val_every": 5000,
+              "ckpt_every": 5000, "sad_every": 1000},
+    "eval": {"sets": ["chairs"], "iters": {}, "max_samples": None, "batch_size": 1, "keep": 0},
+}
+
+
+OPEN_KEYS = ("data.proxy", "eval.iters")  # free-form mappings: any key, merged key by key
+
+
+def _merge(base: dict, extra: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        path = where + key
+        if key not in base and where.rstrip(".") not in OPEN_KEYS:
+            raise ValueError(f"unknown config key {path!r}: expected one of {', '.join(base)}")
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            out[key] = _merge(base[key], value, path + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
+    """DEFAULTS updated by the YAML file at ``path``, then ``extra`` (a dict), then ``key.sub=value`` strings."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"RAFT config {path} does not exist")
+        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    if extra:
+        cfg = _merge(cfg, extra)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.sub=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node: dict = {}
+        leaf = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            leaf = leaf.setdefault(part, {})
+        leaf[parts[-1]] = yaml.safe_load(value)
+        cfg = _merge(cfg, node)
+    return cfg
+
+
+def run_tag(cfg: dict) -> str:
+    """Short name of the sparsity setting: ``dense`` or e.g. ``srste_2x4``."""
+    m = cfg["model"]
+    return "dense" if m["method"] == "dense" else f"{m['method']}_{str(m['pattern']).replace(':', 'x')}"
+
+
+def out_dir(cfg: dict) -> Path:
+    """The run folder: ``cfg['out_dir']`` with {name} and {tag} filled in."""
+    return Path(cfg["out_dir"].format(name=cfg["name"], tag=run_tag(cfg)))
+
+
+class _PairInput(nn.Module):
+    """RAFT seen as a one-input module (the same image twice) for :func:`count_params_flops`."""
+
+    def __init__(self, raft, iters):
+        super().__init__()
+        self.raft, self.iters = raft, iters
+
+    def forward(self, x):
+        return self.raft(x, x, num_flow_updates=self.iters)
+
+
+def params_flops(model, size, iters: int) -> tuple[int, int]:
+    """(params, MAC-FLOPs per image pair at ``size`` (H, W) with ``iters`` updates), pruned weights left out."""
+    return count_params_flops(_PairInput(getattr(model, "module", model), iters), (1, 3, *size))
+
+
+def masks_valid(model) -> float:
+    """Fraction of N:M layers whose current mask is a valid N:M mask (1.0 when all are)."""
+    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.method != "dense"]
+    if not layers:
+        return 1.0
+    return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
+
+
+def _epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per_rank = (n // world) // batch * batch
+    if per_rank == 0:
+        raise ValueError(f"training set of {n} samples is too small for batch {batch} on {world} processes")
+    return perm[rank::world][:per_rank]
+
+
+def validate(model, cfg: dict, device, keep: int = 0) -> dict:
+    """Metrics on every set in ``cfg['eval']['sets']`` with that set's number of flow updates."""
+    ev = cfg["eval"]
+    out = {}
+    for name in ev["sets"]:
+        iters = ev["iters"].get(name, EVAL_ITERS.get(name, 24))
+        ds = val_set(name, cfg["data"]["proxy"])
+        out[name] = evaluate(model, ds, iters=iters, device=device, batch_size=ev["batch_size"],
+                             pad_mode="kitti" if name == "kitti" else "sintel", max_samples=ev["max_samples"],
+                             amp=cfg["train"]["amp"], keep=keep)
+    return out
+
+
+def run(cfg: dict, resume: bool = False, keep_samples: int = 0) -> dict:
+    """Train one stage as configured, evaluate, write the run folder; returns the results dict
+    (``samples``: the first ``keep_samples`` validation predictions per set, for pictures)."""
+    threads = torch.get_num_threads()
+    if cfg["threads"]:  # CPU threads; 1 is far faster than 2 when other processes share the cores
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _run(cfg, resume, keep_samples)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mode(model, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:  # later RAFT stages keep the BatchNorm statistics of the previous stage
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+
+
+def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
+    dist_info = init_distributed(cfg["device"])
+    device, main = dist_info.device, dist_info.is_main
+    tcfg, ocfg, dcfg, mcfg = cfg["train"], cfg["optim"], cfg["data"], cfg["model"]
+    run_dir = out_dir(cfg)
+    seed_everything(tcfg["seed"] + dist_info.rank)
+    model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"]).to(device)
+    report = model.sparsity_report
+    raw = model
+    if dist_info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(raw.parameters(), lr=ocfg["lr"], weight_decay=ocfg["weight_decay"], eps=ocfg["eps"])
+    steps = int(ocfg["steps"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ocfg["lr"], total_steps=steps + int(ocfg["schedule_extra_steps"]),
+                                                    pct_start=ocfg["pct_start"], cycle_momentum=False,
+                                                    anneal_strategy="linear")
+    tracker = SADTracker(raw)
+    dataset = train_set(cfg["stage"], dcfg["crop"], dcfg["proxy"])
+    batch = int(dcfg["batch_size"])
+    step, epoch, offset, train_time = 0, 0, 0, 0.0
+    ckpt_path = run_dir / "last.pth"
+    state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    if state is not None and state["config"] != cfg:
+        if main:
+            print(f"--resume: {ckpt_path} was written with another config; starting from scratch")
+        state = None
+    if state is not None:
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        tracker.load_state_dict(state["sad"])
+        step, epoch, offset, train_time = state["step"], state["epoch"], state["offset"], state["train_time"]
+        set_rng_state(state["rng"])  # rank 0's RNG (augmentation draws) on every rank
+        if main:
+            print(f"resumed {ckpt_path} at step {step}")
+    elif resume and main and not ckpt_path.is_file():
+        print(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+    logger = RunLogger(run_dir, enabled=main)
+    if main:
+        print(report)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if tcfg["amp"] and device.type == "cuda" else contextlib.nullcontext()
+
+    def checkpoint(path):
+        save_checkpoint(path, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "sad": tracker.state_dict(), "step": step,
+                               "epoch": epoch, "offset": offset, "train_time": train_time, "rng": rng_state(),
+                               "config": cfg})
+
+    from tqdm import tqdm
+    bar = tqdm(total=steps, initial=step, desc=f"raft {cfg['name']} {run_tag(cfg)}", disable=not main, mininterval=5)
+    _train_mode(model, tcfg["freeze_bn"])
+    while step < steps:
+        indices = _epoch_indices(len(dataset), batch, tcfg["seed"], epoch, dist_info.rank, dist_info.world_size)
+        loader = DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True,
+                            num_workers=dcfg["workers"], collate_fn=_collate, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        for img1, img2, flow, valid in loader:
+            t0 = time.time()
+            img1, img2, flow, valid = (x.to(device, non_blocking=True) for x in (img1, img2, flow, valid))
+            with amp:
+                preds = model(img1, img2, num_flow_updates=tcfg["iters"])
+            loss, stats = sequence_loss(preds, flow, valid, cfg["loss"]["gamma"], cfg["loss"]["max_flow"])
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"RAFT loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), ocfg["clip"])
+            optimizer.step()
+            scheduler.step()
+            step, offset = step + 1, offset + 1
+            train_time += time.time() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epe=f"{stats['epe']:.2f}")
+            record = {}
+            if step % tcfg["log_every"] == 0 or step == steps:
+                record.update({"loss": loss.item(), **{f"train/{k}": v for k, v in stats.items()},
+                               "lr": scheduler.get_last_lr()[0], "train_time_s": train_time})
+            if step % tcfg["sad_every"] == 0 or step == steps:
+                record.update(sad_log_entry(tracker.record()))
+            if step % tcfg["val_every"] == 0 and step != steps:
+                record["val"] = validate(model, cfg, device)
+                _train_mode(model, tcfg["freeze_bn"])
+            if record:
+                logger.log(step, record)
+            if step % tcfg["ckpt_every"] == 0 and step != steps and main:
+                checkpoint(ckpt_path)
+            if step >= steps:
+                break
+        else:
+            epoch, offset = epoch + 1, 0
+    bar.close()
+    val = validate(model, cfg, device, keep=keep_samples)
+    samples = {k: v.pop("samples", []) for k, v in val.items()}
+    params, flops = params_flops(raw, tuple(dcfg["crop"]), tcfg["iters"])
+    sad_last = tracker.history[-1]["model"] if tracker.history else tracker.record()["model"]
+    results = {"name": cfg["name"], "tag": run_tag(cfg), "size": mcfg["size"], "pattern": str(mcfg["pattern"]),
+               "method": mcfg["method"], "steps": step, "train_time_s": train_time, "val": val,
+               "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
+               "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
+               "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers)}
+    if main:
+        logger.log(step, {"final_val": val})
+        checkpoint(ckpt_path)
+        save_checkpoint(run_dir / "final.pth", {"model": raw.state_dict(), "config": cfg})
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    logger.close()
+    results["samples"] = samples
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config (see configs/raft/)")
+    parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pth when present")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set model.method=ste (repeatable)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    results = run(cfg, resume=args.resume)
+    if init_distributed(cfg["device"]).is_main:
+        print(json.dumps({k: results[k] for k in ("tag", "steps", "train_time_s", "val", "params", "flops")}, indent=2))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
