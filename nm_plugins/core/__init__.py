@@ -1,5 +1,7 @@
 """The N:M core: pattern, mask, SR-STE/STE autograd, sparse layers, sparsify, SAD, counts. Imports only torch."""
 from .flops import count_params_flops
+from .fast_inference import CudaGraphModule, to_fast_semi_structured
+from .fused import FusedSRSTE, flat_nm_mask
 from .layers import METHODS, SparseConv2d, SparseLinear, SparseMixin, sparse_layers
 from .mask import is_valid_nm_mask, nm_mask
 from .pattern import NMPattern
@@ -11,4 +13,5 @@ __all__ = [
     "NMPattern", "nm_mask", "is_valid_nm_mask", "SparseConv2d", "SparseLinear", "SparseMixin", "METHODS",
     "sparse_layers", "sparsify", "SparsityReport", "prune_once", "refresh_masks", "export_dense",
     "find_classifier", "sad", "SADTracker", "count_params_flops", "to_semi_structured",
+    "FusedSRSTE", "flat_nm_mask", "to_fast_semi_structured", "CudaGraphModule",
 ]

@@ -1,0 +1,73 @@
+"""Print the CPU benchmark ratios side by side: ``python -m benchmarks.report results/bench/cpu.json``.
+
+Ratios use the median and the minimum of each benchmark's rounds (the minimum is the steadier one on a
+shared machine). ``--strict`` exits 1 when a ratio misses its target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# (label, numerator, denominator, target, "le" = ratio <= target / "ge" = ratio >= target)
+RATIOS = [
+    ("SR-STE step / dense step (ResNet-18 64x64 b32)", "test_step_srste_resnet18", "test_step_dense_resnet18", 1.10, "le"),
+    ("SR-STE fused step / dense step", "test_step_srste_fused_resnet18", "test_step_dense_resnet18", 1.10, "le"),
+    ("STE step / dense step", "test_step_ste_resnet18", "test_step_dense_resnet18", None, None),
+    ("STE fused step / dense step", "test_step_ste_fused_resnet18", "test_step_dense_resnet18", None, None),
+    ("SR-STE fused step / SR-STE per-layer step", "test_step_srste_fused_resnet18", "test_step_srste_resnet18", 1.0, "le"),
+    ("argsort reference / nm_mask (ResNet-50 convs; speed-up)", "test_mask_argsort_reference_resnet50", "test_mask_nm_mask_resnet50", 10.0, "ge"),
+    ("argsort reference / flat_nm_mask (mask+masked+inverse; speed-up)", "test_mask_argsort_reference_resnet50", "test_mask_fused_flat_resnet50", None, None),
+    ("per-layer / fused mask work of a step (ResNet-50; speed-up)", "test_refresh_masks_resnet50[plain]", "test_refresh_masks_resnet50[fused]", None, None),
+]
+
+
+def load_stats(path: Path) -> dict:
+    """{benchmark name: stats dict} from a pytest-benchmark JSON file."""
+    data = json.loads(path.read_text())
+    return {b["name"]: b["stats"] for b in data.get("benchmarks", [])}, data.get("machine_info", {})
+
+
+def rows(stats: dict) -> list:
+    """(label, median ratio, min ratio, target text, verdict) for each ratio whose benchmarks ran."""
+    out = []
+    for label, num, den, target, op in RATIOS:
+        if num not in stats or den not in stats:
+            out.append((label, None, None, "", "not run"))
+            continue
+        med = stats[num]["median"] / stats[den]["median"]
+        low = stats[num]["min"] / stats[den]["min"]
+        if target is None:
+            out.append((label, med, low, "", ""))
+            continue
+        ok = (med <= target) if op == "le" else (med >= target)
+        out.append((label, med, low, f"{'<=' if op == 'le' else '>='} {target:g}", "meets target" if ok else "MISSES target"))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="CPU benchmark ratios")
+    ap.add_argument("json", type=Path)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
+    args = ap.parse_args(argv)
+    if not args.json.is_file():
+        print(f"benchmarks.report: {args.json} does not exist (run make bench first)", file=sys.stderr)
+        return 2
+    stats, machine = load_stats(args.json)
+    print(f"CPU benchmark ratios from {args.json} ({machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, "
+          f"{machine.get('cpu', {}).get('count', '?')} cores)")
+    table = rows(stats)
+    width = max(len(r[0]) for r in table)
+    print(f"{'ratio':<{width}}  {'median':>7}  {'min':>7}  {'target':<8}  verdict")
+    for label, med, low, target, verdict in table:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{label:<{width}}  {fmt(med):>7}  {fmt(low):>7}  {target:<8}  {verdict}")
+    for name in sorted(stats):
+        print(f"  {name:<45} median {stats[name]['median'] * 1e3:9.2f} ms  min {stats[name]['min'] * 1e3:9.2f} ms")
+    missed = [r for r in table if r[4] == "MISSES target"]
+    return 1 if (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The throughput suite's logic on the CPU: the measured export's dry run, kernel choice, metric names
+that the threshold files check, the report of the CPU benchmarks, and `make throughput` without CUDA."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from benchmarks import report, throughput
+from ci.check import evaluate
+from nm_plugins import export_dense, sparsify, to_fast_semi_structured
+from nm_plugins.core.fast_inference import CudaGraphModule, choose_kernel, format_layer_table
+
+REPO = Path(__file__).resolve().parents[1]
+timm = pytest.importorskip("timm")
+
+
+def test_choose_kernel_keeps_dense_unless_sparse_wins_by_the_margin():
+    assert choose_kernel(1.0, {"cusparselt": 0.5, "semi_structured": 0.8}, 1.05) == "cusparselt"
+    assert choose_kernel(1.0, {"cusparselt": 0.97}, 1.05) == "dense"  # 1.03x: not enough
+    assert choose_kernel(1.0, {"cusparselt": 1.5}, 1.05) == "dense"  # sparse loses
+    assert choose_kernel(1.0, {"cusparselt": "RuntimeError: refused", "semi_structured": 0.9}, 1.05) == "semi_structured"
+    assert choose_kernel(1.0, {"cusparselt": "wrong result"}, 1.0) == "dense"
+
+
+def test_measured_export_dry_run_on_cpu_keeps_every_layer_dense_and_says_why():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
+    report_ = sparsify(model, "2:4", "srste")
+    x = torch.randn(2, 3, 32, 32)
+    fast, table = to_fast_semi_structured(model, x, dtype=torch.float32, device="cpu", reps=1)
+    assert [row.name for row in table] == [n for n in report_.sparse_layers]
+    assert all(row.choice == "dense" for row in table)
+    assert all(isinstance(t, str) and t for row in table for t in row.sparse_ms.values())  # the reason
+    assert all(row.dense_ms > 0 and row.input_shape[-1] == row.weight_shape[1] for row in table)
+    with torch.no_grad():
+        assert torch.equal(fast(x), export_dense(model).eval()(x))
+    text = format_layer_table(table)
+    assert "blocks.0.mlp.fc1" in text and "| dense |" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_gpu_exports_raise_a_clear_error_without_cuda():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    sparsify(model, "2:4", keep_classifier_dense=False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        to_fast_semi_structured(model, torch.randn(2, 8))
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        CudaGraphModule(model, torch.randn(2, 8))
+
+
+def test_gpu_names_map_to_threshold_files():
+    assert throughput.gpu_slug("NVIDIA H200") == "h200"
+    assert throughput.gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert throughput.gpu_slug("NVIDIA A100-SXM4-80GB") == "a100"
+    for slug in ("a100", "h100", "h200"):
+        assert (REPO / "ci" / "thresholds" / f"throughput_{slug}.yaml").is_file()
+
+
+def test_threshold_files_only_name_metrics_the_suite_writes():
+    """Every metric a thresholds file checks is one flatten_metrics emits for the full-size run."""
+    train = {name: {f"{v[0]}_ms": 0.0 for v in throughput.TRAIN_VARIANTS} for name, _ in throughput.train_configs(False)}
+    for r in train.values():
+        r.update({f"{v[0]}_over_dense": 0.0 for v in throughput.TRAIN_VARIANTS[1:]})
+    inference = {f"{name}/float16/b{b}": {"fast_graph_speedup": 0.0, "fast_eager_speedup": 0.0, "semi_eager_speedup": 0.0}
+                 for name, _, batches in throughput.infer_configs(False) for b in batches}
+    shape = {"train": train, "inference": inference, "gemm": [{"best_speedup": 0.0}],
+             "mask_kernel": {"all_equal": True}}
+    names = set(throughput.flatten_metrics(shape))
+    for slug in ("a100", "h100", "h200"):
+        spec = yaml.safe_load((REPO / "ci" / "thresholds" / f"throughput_{slug}.yaml").read_text())
+        for check in spec["checks"]:
+            assert check["metric"] in names, (slug, check["metric"])
+            for key in ("ge", "le"):
+                if key in check:
+                    assert check[key] in names, (slug, check[key])
+
+
+def test_report_prints_ratios_from_pytest_benchmark_stats(tmp_path, capsys):
+    stats = {"test_step_dense_resnet18": (0.20, 0.19), "test_step_srste_resnet18": (0.21, 0.20),
+             "test_step_srste_fused_resnet18": (0.30, 0.25), "test_mask_nm_mask_resnet50": (0.05, 0.04),
+             "test_mask_argsort_reference_resnet50": (1.0, 0.9)}
+    data = {"benchmarks": [{"name": k, "stats": {"median": med, "min": low}} for k, (med, low) in stats.items()]}
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(data))
+    assert report.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1.050" in out and "meets target" in out  # 0.21 / 0.20
+    assert "1.500" in out and "MISSES target" in out  # fused 0.30 / 0.20 > 1.10
+    assert "20.000" in out  # argsort 1.0 / nm_mask 0.05
+    assert report.main([str(path), "--strict"]) == 1
+    assert report.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_inference_section_dry_run_and_markdown(tmp_path):
+    res = throughput.measure_inference("vit_tiny_patch16_224", 32, 2, torch.float32, torch.device("cpu"), 1,
+                                       throughput.Budget(600))
+    assert res["dense_eager_ms"] > 0 and "fast_eager_ms" in res and res["fast_eager_sparse_layers"] == 0
+    assert res["fast_eager_rel_err_vs_dense"] == 0.0
+    results = {"env": throughput.environment(torch.device("cpu")), "quick": True, "errors": [], "train": {},
+               "inference": {"vit_tiny/float32/b2": res}, "gemm": []}
+    path = throughput.write(results, tmp_path, "cpu_quick")
+    written = json.loads(path.read_text())
+    assert written["metrics"]["infer/vit_tiny/float32/b2/dense_eager_ms"] == res["dense_eager_ms"]
+    assert "| vit_tiny/float32/b2 |" in (tmp_path / "cpu_quick.md").read_text()
+    rows = evaluate(written["metrics"], [{"metric": "infer/min_fast_speedup", "min": 0.0}])
+    assert rows[0][3]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only path of make throughput")
+def test_make_throughput_without_cuda_says_so_and_exits_0(tmp_path, capsys):
+    assert throughput.main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "No CUDA GPU here" in out
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert written["metrics"]["cpu/flat_over_per_layer_mask"] > 0
+    assert written["metrics"]["cpu/train_resnet18/srste_fused_over_dense"] > 0
