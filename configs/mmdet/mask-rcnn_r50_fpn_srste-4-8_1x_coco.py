@@ -1,0 +1,6 @@
+# Mask R-CNN R50-FPN 1x on COCO 2017 with an SR-STE 4:8 backbone (all convs but the RGB stem), initialised
+# from our SR-STE 4:8 ImageNet ResNet-50; SR-STE training continues on COCO (decay 2e-4).
+_base_ = './mask-rcnn_r50_fpn_dense_1x_coco.py'
+model = dict(backbone=dict(
+    conv_cfg=dict(pattern='4:8', method='srste'),
+    init_cfg=dict(checkpoint='work_dirs/imagenet/resnet50_srste_4_8/model_best.pth')))
