@@ -83,7 +83,7 @@ def test_decay_added_again_after_an_optimizer_step():
 def test_mask_computed_once_per_weight_version(monkeypatch):
     calls = []
     real = layers_mod.nm_mask
-    monkeypatch.setattr(layers_mod, "nm_mask", lambda w, p: calls.append(1) or real(w, p))
+    monkeypatch.setattr(layers_mod, "nm_mask", lambda w, p, **kw: calls.append(1) or real(w, p, **kw))
     layer = SparseConv2d(8, 8, 3, padding=1)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x = torch.randn(2, 8, 6, 6)

@@ -77,7 +77,7 @@ class SparseMixin:
         key = self._weight_key()
         if self._state.key is None or (self.method != "fixed" and self._state.key != key):
             with torch.no_grad():
-                self.nm_mask.copy_(nm_mask(self.weight, self.pattern))
+                nm_mask(self.weight, self.pattern, out=self.nm_mask)
             self._state.key = key
         return self.nm_mask
 

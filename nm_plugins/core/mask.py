@@ -95,15 +95,17 @@ def _nonfinite_error(shape) -> ValueError:
     return ValueError(f"cannot compute an N:M mask for a weight of shape {tuple(shape)} holding NaN or inf values")
 
 
-def _kernel_mask(w: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None) -> torch.Tensor:
     src = (w if w.dtype in (torch.float32, torch.float64) else w.float()).contiguous()
-    out = torch.empty(w.shape, dtype=torch.bool)
+    if out is None or not out.is_contiguous():
+        out = torch.empty(w.shape, dtype=torch.bool)
     if w.numel() == 0:
         return out
     o, c = w.shape[0], w.shape[1]
     k = w.numel() // (o * c)
     rc = _KERNEL(src.data_ptr(), out.data_ptr(), o, c, k, pattern.n, pattern.m,
                  int(src.dtype == torch.float64), torch.get_num_threads())
+    torch.autograd.graph.increment_version(out)  # the kernel wrote behind torch's back: caches keyed on it see it
     if rc == 1:
         raise _nonfinite_error(w.shape)
     if rc != 0:
@@ -111,23 +113,28 @@ def _kernel_mask(w: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     return out
 
 
-def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
     largest |w| are True (ties keep the lower index).
 
     Linear [out, in]: groups of M consecutive input features in a row; Conv [out, in, kh, kw]: M
     consecutive input channels at a fixed (out, kh, kw). Raises ValueError when dim 1 is not divisible
-    by M or when the weight holds NaN/inf.
+    by M or when the weight holds NaN/inf. ``out``: a bool tensor of the weight's shape to write the mask into.
     """
     pattern = NMPattern.parse(pattern)
     check_groupable(weight.shape, pattern)
+    if out is not None and (out.shape != weight.shape or out.dtype != torch.bool or out.device != weight.device):
+        raise ValueError(f"nm_mask out= must be a bool tensor of shape {tuple(weight.shape)} on {weight.device}")
     w = weight.detach()
     if _KERNEL is not None and w.device.type == "cpu" and w.dtype in _KERNEL_DTYPES and pattern.m <= 64:
-        return _kernel_mask(w, pattern)
-    if not bool(torch.isfinite(w).all()):
-        raise _nonfinite_error(weight.shape)
-    groups = to_groups(w, pattern.m)
-    return from_groups(group_topn(groups, pattern.n), weight.shape).contiguous()
+        mask = _kernel_mask(w, pattern, out)
+    else:
+        if not bool(torch.isfinite(w).all()):
+            raise _nonfinite_error(weight.shape)
+        mask = from_groups(group_topn(to_groups(w, pattern.m), pattern.n), weight.shape)
+    if out is not None and mask is not out:
+        return out.copy_(mask)
+    return mask.contiguous()
 
 
 def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
