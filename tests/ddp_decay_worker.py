@@ -6,9 +6,11 @@ import sys
 
 import torch
 import torch.distributed as dist
+
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nm_plugins import SparseLinear, nm_mask
+from nm_plugins.train.runtime import shutdown_distributed
 
 DECAY = 0.5
 dist.init_process_group("gloo")
@@ -32,4 +34,4 @@ ok = torch.allclose(layer.weight.grad, expected, atol=1e-5)
 if rank == 0:
     with open(sys.argv[1], "w") as f:
         f.write(f"{ok} {(layer.weight.grad - expected).abs().max().item()}")
-dist.destroy_process_group()
+shutdown_distributed()

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nm_plugins import FusedSRSTE, SparseLinear, nm_mask
+from nm_plugins.train.runtime import shutdown_distributed
 
 DECAY = 0.5
 dist.init_process_group("gloo")
@@ -39,4 +40,4 @@ for layer, m, d in zip(net, masks, data):
 if rank == 0:
     with open(sys.argv[1], "w") as f:
         f.write(f"{worst < 1e-5} {worst}")
-dist.destroy_process_group()
+shutdown_distributed()

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state)
+                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
 from .datasets import train_set, val_set
 from .evaluate import EVAL_ITERS, _collate, evaluate
@@ -284,8 +284,7 @@ def main(argv=None) -> int:
     results = run(cfg, resume=args.resume)
     if init_distributed(cfg["device"]).is_main:
         print(json.dumps({k: results[k] for k in ("tag", "steps", "train_time_s", "val", "params", "flops")}, indent=2))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    shutdown_distributed()
     return 0
 
 

@@ -29,7 +29,7 @@ from nm_plugins.timm import asp_prune, create_model
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
 from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state)
+                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
 
 def lr_factor(step: int, steps_per_epoch: int, optim: dict, asp_prune_epoch=None) -> float:
@@ -264,8 +264,7 @@ def main(argv=None) -> int:
     summary = run(cfg, resume=args.resume_from or args.resume)
     if summary["status"] == "done" and int(__import__("os").environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_curve")}), flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()
     return 0
 
 

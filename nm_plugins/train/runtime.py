@@ -141,3 +141,11 @@ def sad_log_entry(record: dict) -> dict:
                     "model_init_abs": record["model"]["sad_init"], "model_prev_abs": record["model"]["sad_prev"],
                     "layers": {name: {"init": s["sad_init_norm"], "prev": s["sad_prev_norm"]}
                                for name, s in record["layers"].items()}}}
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: a barrier first, so that no rank tears gloo/NCCL down while another
+    still talks to it (gloo aborts the late rank otherwise)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
