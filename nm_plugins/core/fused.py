@@ -118,9 +118,10 @@ def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, c
         out = (torch.empty_like(flat, dtype=torch.bool), torch.empty_like(flat), torch.empty_like(flat))
     mask, masked, inv = out
     if backend == "torch" and flat.device.type == "cpu" and mask_backend() == "kernel" and flat.dtype in _KERNEL_DTYPES:
-        mask.copy_(nm_mask(flat.view(-1, m), pattern).view(-1))  # the core's compiled one-pass kernel
-        torch.mul(flat, mask, out=masked)
-        torch.logical_not(mask, out=inv)
+        nm_mask(flat.view(-1, m), pattern, out=mask.view(-1, m))  # the core's compiled one-pass kernel
+        as_u8 = mask.view(torch.uint8)  # this torch's bool -> float casts are several times slower than uint8's
+        torch.mul(flat, as_u8, out=masked)
+        inv.copy_(as_u8).neg_().add_(1)  # 1 - mask
         return mask, masked, inv
     if backend == "torch":
         if check_finite and not bool(torch.isfinite(flat).all()):
