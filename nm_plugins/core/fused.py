@@ -230,7 +230,7 @@ class FusedSRSTE:
 
     Masks and masked weights are computed once per weight version for all layers together; one
     autograd node per forward; the decay is added in one multi-tensor pass. ``check_finite`` raises a
-    ValueError naming the layers whose weights hold NaN/inf (one device sync per step on CUDA).
+    ValueError naming the layers whose weights hold NaN/inf (on CUDA one step late, without a host sync).
     ``backend`` as in :func:`flat_nm_mask`; ``layout``: ``"grouped"`` (one flat buffer, one kernel;
     the default on CUDA), ``"native"`` (layer by layer with the core's compiled kernel; the default on
     the CPU) or ``"auto"``. Call :meth:`close` to go back to the per-layer path.
@@ -243,6 +243,7 @@ class FusedSRSTE:
             raise ValueError(f"unknown layout {layout!r}: expected auto, grouped or native")
         self.model, self.check_finite, self.backend, self.layout = model, bool(check_finite), backend, layout
         self._layers, self._outputs, self._outputs_grad = [], None, None
+        self._finite_flags: dict = {}  # bucket id -> [pinned host flag, CUDA event] (see _check_finite)
         self._hooks = [model.register_forward_pre_hook(self._reset_outputs),
                        model.register_forward_hook(self._reset_outputs_after)]
         self.rebuild()
@@ -356,15 +357,37 @@ class FusedSRSTE:
                     torch.logical_not(mask, out=bucket.view(bucket.inv, k))
                 return
             torch._foreach_copy_(bucket.dst, bucket.src)
-            if self.check_finite and not bool(torch.isfinite(bucket.flat).all()):
-                self._raise_non_finite(bucket)
+            if self.check_finite:
+                self._check_finite(bucket)
             flat_nm_mask(bucket.flat, bucket.pattern, self.backend, out=(bucket.mask, bucket.masked, bucket.inv))
             if self._native[b][0]:
                 torch._foreach_copy_(*self._native[b])
 
-    def _raise_non_finite(self, bucket: _Bucket):
+    def _check_finite(self, bucket: _Bucket) -> None:
+        """Raise for NaN/inf weights. On CUDA without a host sync: the flag of this computation is copied
+        to pinned memory and read at the bucket's next computation, so a bad step is reported one step late."""
+        flag = torch.isfinite(bucket.flat).all()
+        if bucket.flat.device.type != "cuda":
+            if not bool(flag):
+                self._raise_non_finite(bucket)
+            return
+        pending = self._finite_flags.get(id(bucket))
+        if pending is None:
+            pending = self._finite_flags[id(bucket)] = [torch.ones((), dtype=torch.bool).pin_memory(), None]
+        host, event = pending
+        if event is not None:
+            event.synchronize()  # recorded a whole step ago: normally long complete, no stall
+            if not bool(host):
+                self._raise_non_finite(bucket, late=True)
+        host.copy_(flag, non_blocking=True)
+        pending[1] = torch.cuda.Event()
+        pending[1].record()
+
+    def _raise_non_finite(self, bucket: _Bucket, late: bool = False):
         bad = [self._layers[i][0] for i in bucket.indices if not bool(torch.isfinite(self._weights[i]).all())]
-        raise ValueError(f"cannot compute N:M masks: the weights of layer(s) {', '.join(bad)} hold NaN or inf values")
+        names = ", ".join(bad) if bad else "of this bucket (finite again now)"
+        verb = "held NaN or inf values at the previous optimizer step" if late else "hold NaN or inf values"
+        raise ValueError(f"cannot compute N:M masks: the weights of layer(s) {names} {verb}")
 
     def _prepare(self) -> None:
         if [(l.method, l.decay, l.pattern) for _, l in self._layers] != self._snapshot:
