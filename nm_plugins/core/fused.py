@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .layers import sparse_layers
-from .mask import _KERNEL_DTYPES, mask_backend, nm_mask
+from .mask import _KERNEL_DTYPES, group_topn, mask_backend, nm_mask
 from .pattern import NMPattern
 
 FUSED_METHODS = ("srste", "ste")
@@ -25,30 +25,6 @@ FUSED_METHODS = ("srste", "ste")
 
 # --------------------------------------------------------------------------------------------------
 # The flat mask kernel: groups [G, M] -> mask, masked weights, inverse mask
-
-
-def _keep_mask_torch(groups: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact N-of-M magnitude mask of rows [G, M] (ties keep the lower index), pairwise comparisons.
-
-    Rank of an element = how many elements of its group beat it (larger |w|, or equal |w| at a lower
-    index); kept when rank < N. Same definition as :func:`nm_plugins.core.mask.group_topn`, with
-    M(M-1)/2 comparisons and the ranks accumulated in contiguous per-column buffers.
-    """
-    m = groups.shape[1]
-    if n == m:
-        keep = torch.ones_like(groups, dtype=torch.bool)
-        return keep if out is None else out.copy_(keep)
-    mag = groups.abs()
-    cols = [mag[:, i] for i in range(m)]
-    rank = [None] * m
-    for i in range(m):
-        for j in range(i + 1, m):
-            i_beats_j = torch.ge(cols[i], cols[j])  # the lower index wins ties
-            rank[j] = i_beats_j.to(torch.uint8) if rank[j] is None else rank[j].add_(i_beats_j)
-            j_beats_i = i_beats_j.logical_not_()
-            rank[i] = j_beats_i.to(torch.uint8) if rank[i] is None else rank[i].add_(j_beats_i)
-    return torch.lt(torch.stack(rank, 1), n, out=out)
-
 
 _TRITON_KERNELS = {}
 _TORCH_CHUNK = 1 << 20  # elements per piece of the PyTorch fallback (4 MiB of fp32)
@@ -96,6 +72,14 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
+def _fill_masked_and_inverse(w, mask, masked, inv) -> None:
+    """masked = w * mask and inv = 1 - mask, going through uint8 (this torch's bool -> float casts are
+    several times slower than uint8's)."""
+    as_u8 = mask.view(torch.uint8)
+    torch.mul(w, as_u8, out=masked)
+    inv.copy_(as_u8).neg_().add_(1)
+
+
 def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, check_finite: bool = False):
     """Mask, masked weights and inverse mask of a flat buffer of groups of M consecutive weights.
 
@@ -119,9 +103,7 @@ def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, c
     mask, masked, inv = out
     if backend == "torch" and flat.device.type == "cpu" and mask_backend() == "kernel" and flat.dtype in _KERNEL_DTYPES:
         nm_mask(flat.view(-1, m), pattern, out=mask.view(-1, m))  # the core's compiled one-pass kernel
-        as_u8 = mask.view(torch.uint8)  # this torch's bool -> float casts are several times slower than uint8's
-        torch.mul(flat, as_u8, out=masked)
-        inv.copy_(as_u8).neg_().add_(1)  # 1 - mask
+        _fill_masked_and_inverse(flat, mask, masked, inv)
         return mask, masked, inv
     if backend == "torch":
         if check_finite and not bool(torch.isfinite(flat).all()):
@@ -129,7 +111,7 @@ def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, c
         step = _TORCH_CHUNK - _TORCH_CHUNK % m  # cache-sized pieces: each pass reads what the last one wrote
         for start in range(0, flat.numel(), step):
             sl = slice(start, min(start + step, flat.numel()))
-            _keep_mask_torch(flat[sl].view(-1, m), n, out=mask[sl].view(-1, m))
+            group_topn(flat[sl].view(-1, m), n, out=mask[sl].view(-1, m))
             torch.mul(flat[sl], mask[sl], out=masked[sl])
             torch.logical_not(mask[sl], out=inv[sl])
         return mask, masked, inv
@@ -350,11 +332,10 @@ class FusedSRSTE:
                 for k, i in enumerate(bucket.indices):
                     w = bucket.src[k]
                     try:
-                        mask = bucket.view(bucket.mask, k).copy_(nm_mask(w, bucket.pattern))
+                        mask = nm_mask(w, bucket.pattern, out=bucket.view(bucket.mask, k))
                     except ValueError:
                         self._raise_non_finite(bucket)
-                    torch.mul(w, mask, out=bucket.view(bucket.masked, k))
-                    torch.logical_not(mask, out=bucket.view(bucket.inv, k))
+                    _fill_masked_and_inverse(w, mask, bucket.view(bucket.masked, k), bucket.view(bucket.inv, k))
                 return
             torch._foreach_copy_(bucket.dst, bucket.src)
             if self.check_finite:

@@ -46,23 +46,27 @@ def from_groups(groups: torch.Tensor, shape: torch.Size | tuple) -> torch.Tensor
     return groups.reshape(moved).movedim(-1, 1)
 
 
-def group_topn(groups: torch.Tensor, n: int) -> torch.Tensor:
-    """Boolean mask of the N largest |values| in every row; ties keep the lower index.
+def group_topn(groups: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the N largest |values| in every row [G, M]; ties keep the lower index.
 
     Rank of an element = how many elements of its row beat it (larger magnitude, or equal magnitude at a
-    lower index); it is kept when its rank is below N. M vectorised comparisons, no sort.
+    lower index); it is kept when its rank is below N. M(M-1)/2 column comparisons, no sort.
+    ``out``: a bool [G, M] tensor to write into.
     """
-    mag = groups.abs()
-    m = mag.shape[-1]
+    m = groups.shape[1]
     if n == m:
-        return torch.ones_like(mag, dtype=torch.bool)
-    rank = torch.zeros(mag.shape, dtype=torch.uint8, device=mag.device)
-    for j in range(m):
-        col = mag[:, j : j + 1]
-        beats = col > mag
-        beats[:, j + 1 :] |= col == mag[:, j + 1 :]
-        rank += beats
-    return rank < n
+        keep = torch.ones_like(groups, dtype=torch.bool)
+        return keep if out is None else out.copy_(keep)
+    mag = groups.abs()
+    cols = [mag[:, i] for i in range(m)]
+    rank = [None] * m
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_beats_j = torch.ge(cols[i], cols[j])  # the lower index wins ties
+            rank[j] = i_beats_j.to(torch.uint8) if rank[j] is None else rank[j].add_(i_beats_j)
+            j_beats_i = i_beats_j.logical_not_()
+            rank[i] = j_beats_i.to(torch.uint8) if rank[i] is None else rank[i].add_(j_beats_i)
+    return torch.lt(torch.stack(rank, 1), n, out=out)
 
 
 def _load_kernel():
