@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from nm_plugins import FusedSRSTE, flat_nm_mask, nm_mask, sparsify
 from nm_plugins.core.mask import from_groups, to_groups
 
-BATCH, IMG, ROUNDS = 32, 64, 8
+BATCH, IMG, ROUNDS = 32, 64, 20
 
 
 def argsort_nm_mask(weight, n=2, m=4):
@@ -45,7 +45,7 @@ def make_step(method, fused):
 def run_step(benchmark, method, fused=False):
     step = make_step(method, fused)
     benchmark.extra_info.update(model="resnet18", img=IMG, batch=BATCH, method=method, fused=fused)
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=2)
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=3)
 
 
 def test_step_dense_resnet18(benchmark):
@@ -66,6 +66,27 @@ def test_step_ste_resnet18(benchmark):
 
 def test_step_ste_fused_resnet18(benchmark):
     run_step(benchmark, "ste", fused=True)
+
+
+def test_step_interleaved_resnet18(benchmark):
+    """Dense, SR-STE and STE steps alternating within every round, so that machine load drifting between
+    the separate benchmarks above cannot bias their ratio: per-round times and paired ratios in extra_info
+    (the benchmark's own time is one round of all three)."""
+    import time
+
+    steps = {method: make_step(method, fused=False) for method in ("dense", "srste", "ste")}
+    times = {method: [] for method in steps}
+
+    def one_round():
+        for method, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[method].append(time.perf_counter() - t0)
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=3)
+    timed = {method: t[-ROUNDS:] for method, t in times.items()}  # the warm-up rounds dropped
+    benchmark.extra_info.update(model="resnet18", img=IMG, batch=BATCH, seconds=timed, paired_ratio={
+        method: [a / b for a, b in zip(timed[method], timed["dense"])] for method in ("srste", "ste")})
 
 
 def test_mask_nm_mask_resnet50(benchmark, resnet50_conv_weights):

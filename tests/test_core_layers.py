@@ -49,6 +49,43 @@ def test_gradients_follow_the_method_formula(kind, method):
     assert layer.bias.grad is not None  # the bias is used and trained
 
 
+@pytest.mark.parametrize("method", ["srste", "fixed"])
+def test_training_gradients_are_bit_identical_to_the_formula(method):
+    """The layer's forward adds the decay in place on its conv's weight gradient: same bits as torch.addcmul."""
+    torch.manual_seed(0)
+    layer = SparseConv2d(64, 32, 3, padding=1, method=method)
+    x = torch.randn(2, 64, 6, 6)
+    mask = nm_mask(layer.weight, "2:4")
+    w_tilde = (layer.weight.detach() * mask).requires_grad_()
+    F.conv2d(x, w_tilde, layer.bias, padding=1).square().sum().backward()
+    layer(x).square().sum().backward()
+    g = w_tilde.grad
+    expected = torch.addcmul(g, layer.weight.detach(), (~mask).float(), value=DECAY) if method == "srste" else g * mask
+    assert torch.equal(layer.weight.grad, expected)
+
+
+def test_public_masked_weight_never_changes_other_gradients():
+    """masked_weight() used in user code: the decay must not be written into a gradient another input shares."""
+    layer = SparseLinear(16, 4, method="srste", decay=0.5)
+    other = torch.zeros(4, 16, requires_grad=True)
+    (other + layer.masked_weight()).sum().backward()
+    assert torch.equal(other.grad, torch.ones(4, 16))
+    mask = layer.mask()
+    assert torch.equal(layer.weight.grad, torch.addcmul(torch.ones(4, 16), layer.weight.detach(), (~mask).float(), value=0.5))
+
+
+def test_backward_after_a_weight_update_is_refused_like_a_dense_layer():
+    """The masked weight is rewritten in place at the next step: a stale graph fails loudly, as nn.Conv2d's does."""
+    layer = SparseLinear(16, 4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss = layer(torch.randn(3, 16)).sum()
+    layer(torch.randn(3, 16)).sum().backward()
+    opt.step()
+    layer(torch.randn(3, 16))  # the next forward recomputes the masked weight in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_bias_is_kept_in_forward():
     layer = SparseLinear(8, 3, bias=True)
     with torch.no_grad():

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,6 +23,25 @@ def reference_mask(weight, pattern):
     return keep.movedim(-1, 1) if w.dim() > 2 else keep
 
 
+@contextlib.contextmanager
+def mask_backend_as(name):
+    """Run nm_mask/masked_grad with the compiled kernel ("kernel") or the pure PyTorch path ("torch", as on GPU)."""
+    import nm_plugins.core.mask as mask_mod
+
+    saved = mask_mod._KERNEL
+    if name == "torch":
+        mask_mod._KERNEL = None
+    elif saved is None:
+        pytest.skip("the compiled kernel is not built here")
+    try:
+        yield
+    finally:
+        mask_mod._KERNEL = saved
+
+
+BACKENDS = ["kernel", "torch"]
+
+
 @st.composite
 def weights(draw):
     pattern = NMPattern.parse(draw(st.sampled_from(PATTERNS)))
@@ -41,10 +62,12 @@ def weights(draw):
 @given(weights())
 def test_mask_matches_argsort_reference(case):
     w, pattern = case
-    mask = nm_mask(w, pattern)
-    assert mask.dtype == torch.bool and mask.shape == w.shape
-    assert torch.equal(mask, reference_mask(w, pattern))
-    assert is_valid_nm_mask(mask, pattern)
+    for backend in BACKENDS:
+        with mask_backend_as(backend):
+            mask = nm_mask(w, pattern)
+        assert mask.dtype == torch.bool and mask.shape == w.shape
+        assert torch.equal(mask, reference_mask(w, pattern)), backend
+        assert is_valid_nm_mask(mask, pattern)
 
 
 @settings(max_examples=200, deadline=None)
@@ -101,3 +124,76 @@ def test_one_dim_weight_raises():
 def test_mask_does_not_track_gradients():
     w = torch.randn(4, 8, requires_grad=True)
     assert not nm_mask(w, "2:4").requires_grad
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights())
+def test_masked_output_is_weight_times_mask(case):
+    w, pattern = case
+    for backend in BACKENDS:
+        masked = torch.full_like(w, float("nan"))
+        with mask_backend_as(backend):
+            mask = nm_mask(w, pattern, masked=masked)
+        assert torch.equal(masked, w * mask), backend
+        assert torch.equal(mask, reference_mask(w, pattern)), backend
+
+
+def test_masked_output_in_a_non_contiguous_layout():
+    w = torch.randn(8, 16, 3, 3).to(memory_format=torch.channels_last)
+    masked = torch.empty_like(w)  # channels_last too: written by PyTorch after the kernel
+    mask = nm_mask(w, "2:4", masked=masked)
+    assert torch.equal(masked, w * mask) and torch.equal(mask, reference_mask(w, "2:4"))
+
+
+def test_masked_output_of_the_wrong_dtype_or_shape_is_refused():
+    w = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="masked= must be a torch.float32 tensor of shape \\(4, 8\\)"):
+        nm_mask(w, "2:4", masked=torch.empty(4, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="masked="):
+        nm_mask(w, "2:4", masked=torch.empty(8, 4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_masked_grad_is_bit_identical_to_the_torch_formula(backend, dtype, inplace, layout):
+    from nm_plugins.core.mask import masked_grad
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    w = torch.randn(64, 128, 3, 3).to(dtype=dtype, memory_format=fmt)  # large enough for several threads
+    g = torch.randn_like(w)
+    mask = nm_mask(w, "2:4")
+    expected = torch.addcmul(g, w, (~mask).to(dtype), value=2e-4)
+    with mask_backend_as(backend):
+        got = masked_grad(g.clone() if inplace else g, w, mask, 2e-4, inplace=inplace)
+        assert torch.equal(got, expected)
+        assert torch.equal(masked_grad(g.clone(), w, mask, fixed=True, inplace=inplace), g * mask)
+        assert masked_grad(g, w, mask, 0.0) is g  # STE: the gradient passes through untouched
+
+
+def test_kernel_shares_torchs_openmp_runtime():
+    """The compiled kernel must not bring a second OpenMP thread pool (it would compete with torch's)."""
+    import sys
+
+    from nm_plugins.core.mask import mask_backend
+
+    if mask_backend() != "kernel" or not sys.platform.startswith("linux"):
+        pytest.skip("the compiled kernel is not built here")
+    nm_mask(torch.randn(512, 512), "2:4")
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line or "libiomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", [(7, 7), (11, 11), (13, 13)])  # up to and past the compiled kernel's tile
+@pytest.mark.parametrize("pattern", ["2:4", "2:8", "3:16"])
+def test_large_kernels_match_the_reference(dtype, kernel, pattern):
+    torch.manual_seed(0)
+    p = NMPattern.parse(pattern)
+    w = (torch.randint(-3, 4, (5, 2 * p.m) + kernel) / 3).to(dtype)  # ties included
+    masked = torch.empty_like(w)
+    mask = nm_mask(w, pattern, masked=masked)
+    assert torch.equal(mask, reference_mask(w, pattern)) and torch.equal(masked, w * mask)

@@ -72,12 +72,10 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def _fill_masked_and_inverse(w, mask, masked, inv) -> None:
-    """masked = w * mask and inv = 1 - mask, going through uint8 (this torch's bool -> float casts are
-    several times slower than uint8's)."""
-    as_u8 = mask.view(torch.uint8)
-    torch.mul(w, as_u8, out=masked)
-    inv.copy_(as_u8).neg_().add_(1)
+def _fill_inverse(mask, inv) -> None:
+    """inv = 1 - mask in inv's dtype, going through uint8 (this torch's bool -> float casts are several
+    times slower than uint8's)."""
+    inv.copy_(mask.view(torch.uint8)).neg_().add_(1)
 
 
 def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, check_finite: bool = False):
@@ -102,8 +100,9 @@ def flat_nm_mask(flat: torch.Tensor, pattern, backend: str = "auto", out=None, c
         out = (torch.empty_like(flat, dtype=torch.bool), torch.empty_like(flat), torch.empty_like(flat))
     mask, masked, inv = out
     if backend == "torch" and flat.device.type == "cpu" and mask_backend() == "kernel" and flat.dtype in _KERNEL_DTYPES:
-        nm_mask(flat.view(-1, m), pattern, out=mask.view(-1, m))  # the core's compiled one-pass kernel
-        _fill_masked_and_inverse(flat, mask, masked, inv)
+        # the core's compiled one-pass kernel: mask and masked weights
+        nm_mask(flat.view(-1, m), pattern, out=mask.view(-1, m), masked=masked.view(-1, m))
+        _fill_inverse(mask, inv)
         return mask, masked, inv
     if backend == "torch":
         if check_finite and not bool(torch.isfinite(flat).all()):
@@ -332,10 +331,11 @@ class FusedSRSTE:
                 for k, i in enumerate(bucket.indices):
                     w = bucket.src[k]
                     try:
-                        mask = nm_mask(w, bucket.pattern, out=bucket.view(bucket.mask, k))
+                        mask = nm_mask(w, bucket.pattern, out=bucket.view(bucket.mask, k),
+                                       masked=bucket.view(bucket.masked, k))
                     except ValueError:
                         self._raise_non_finite(bucket)
-                    _fill_masked_and_inverse(w, mask, bucket.view(bucket.masked, k), bucket.view(bucket.inv, k))
+                    _fill_inverse(mask, bucket.view(bucket.inv, k))
                 return
             torch._foreach_copy_(bucket.dst, bucket.src)
             if self.check_finite:

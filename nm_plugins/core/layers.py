@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mask import check_groupable, nm_mask
+from .mask import check_groupable, masked_grad, nm_mask
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
@@ -14,39 +14,42 @@ DEFAULT_DECAY = 2e-4
 
 class _MaskState:
     """Per-layer cache: the weight version the mask was computed for and the decay was added at, and the
-    mask in the weight's dtype (multiplying by a float mask is several times faster than by a bool one)."""
+    masked weight (kept between steps and rewritten in place, so a step allocates nothing new for it)
+    with the (weight version, mask version) it holds."""
 
-    __slots__ = ("key", "decay_key", "mask_f", "mask_f_key")
+    __slots__ = ("key", "decay_key", "masked", "masked_key")
 
     def __init__(self):
         self.key = None
         self.decay_key = None
-        self.mask_f = None
-        self.mask_f_key = None
+        self.masked = None
+        self.masked_key = None
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """weight ⊙ mask forward; straight-through backward (+ SR-STE decay once per weight version,
-    or masked gradient for ``fixed``)."""
+    """The masked weight forward (precomputed); straight-through backward (+ SR-STE decay once per
+    weight version, or masked gradient for ``fixed``)."""
 
     @staticmethod
-    def forward(ctx, weight, mask_f, method, decay, state, key):
-        ctx.save_for_backward(weight, mask_f)
-        ctx.method, ctx.decay, ctx.state, ctx.key = method, decay, state, key
-        return weight * mask_f
+    def forward(ctx, weight, mask, masked, method, decay, state, key, grad_in_place):
+        ctx.save_for_backward(weight, mask)
+        ctx.method, ctx.decay, ctx.state, ctx.key, ctx.grad_in_place = method, decay, state, key, grad_in_place
+        return masked.view_as(masked)
 
     @staticmethod
     def backward(ctx, grad_out):
-        weight, mask_f = ctx.saved_tensors
+        weight, mask = ctx.saved_tensors
+        # In place only on the fresh gradient of the layer's own conv/linear: nothing else holds it.
+        in_place = ctx.grad_in_place and not grad_out.requires_grad
         if ctx.method == "fixed":
-            return grad_out * mask_f, None, None, None, None, None
+            return masked_grad(grad_out, weight, mask, fixed=True, inplace=in_place), *(None,) * 7
         grad = grad_out
         if ctx.method == "srste" and ctx.decay != 0.0 and ctx.state.decay_key != ctx.key:
             # Added once per weight version, i.e. once per optimizer step, however many micro-batches
             # (gradient accumulation) or processes (DDP averages identical terms) contribute.
             ctx.state.decay_key = ctx.key
-            grad = torch.addcmul(grad_out, weight, 1.0 - mask_f.to(grad_out.dtype), value=ctx.decay)
-        return grad, None, None, None, None, None
+            grad = masked_grad(grad_out, weight, mask, ctx.decay, inplace=in_place)
+        return grad, *(None,) * 7
 
 
 class SparseMixin:
@@ -76,9 +79,13 @@ class SparseMixin:
         (``fixed`` keeps its mask; ``dense`` computes it for tracking but never applies it)."""
         key = self._weight_key()
         if self._state.key is None or (self.method != "fixed" and self._state.key != key):
+            # the masked weight comes with the mask in the same pass (not needed for ``dense``)
+            masked = None if self.method == "dense" else self._masked_buffer()
             with torch.no_grad():
-                nm_mask(self.weight, self.pattern, out=self.nm_mask)
+                nm_mask(self.weight, self.pattern, out=self.nm_mask, masked=masked)
             self._state.key = key
+            if masked is not None:
+                self._state.masked_key = (key, self.nm_mask._version, self.nm_mask.data_ptr())
         return self.nm_mask
 
     def refresh_mask(self) -> torch.Tensor:
@@ -88,6 +95,14 @@ class SparseMixin:
 
     def masked_weight(self) -> torch.Tensor:
         """weight ⊙ mask, differentiable with the layer's method (SR-STE, STE, fixed, dense)."""
+        return self._masked_weight(grad_in_place=False)
+
+    def _forward_weight(self) -> torch.Tensor:
+        """:meth:`masked_weight` for the layer's own conv/linear, whose fresh weight gradient nothing else
+        holds: the backward adds the decay to it in place."""
+        return self._masked_weight(grad_in_place=True)
+
+    def _masked_weight(self, grad_in_place: bool) -> torch.Tensor:
         if self.method == "dense":
             return self.weight
         fused = self.__dict__.get("_fused_engine")  # set by nm_plugins.core.fused.FusedSRSTE
@@ -95,19 +110,25 @@ class SparseMixin:
             masked = fused.masked_weight(self)
             if masked is not None:
                 return masked
-        mask_f = self._float_mask()
+        mask, masked = self.mask(), self._masked_buffer()
+        state, key = self._state, self._weight_key()
+        masked_key = (key, mask._version, mask.data_ptr())
+        if state.masked_key != masked_key:
+            with torch.no_grad():
+                torch.mul(self.weight, mask.view(torch.uint8), out=masked)
+            state.masked_key = masked_key
         if not torch.is_grad_enabled() or not self.weight.requires_grad:
-            return self.weight * mask_f
-        return _MaskedWeight.apply(self.weight, mask_f, self.method, self.decay, self._state, self._state.key)
+            return masked.view_as(masked)
+        return _MaskedWeight.apply(self.weight, mask, masked, self.method, self.decay, state, state.key,
+                                   grad_in_place)
 
-    def _float_mask(self) -> torch.Tensor:
-        """The mask in the weight's dtype and device, cached until the bool mask buffer changes."""
-        mask, w, state = self.mask(), self.weight, self._state
-        key = (mask._version, mask.data_ptr(), w.dtype, w.device)
-        if state.mask_f is None or state.mask_f_key != key:
-            # through uint8: this torch's bool -> float cast is about 8x slower than uint8 -> float
-            state.mask_f, state.mask_f_key = mask.view(torch.uint8).to(w.dtype), key
-        return state.mask_f
+    def _masked_buffer(self) -> torch.Tensor:
+        """The layer's persistent masked-weight tensor (re-made when the weight's shape, dtype or device changed)."""
+        w, buf = self.weight, self._state.masked
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+            buf = self._state.masked = torch.empty_like(w, requires_grad=False, memory_format=torch.preserve_format)
+            self._state.masked_key = None
+        return buf
 
     def set_method(self, method: str, decay: float | None = None) -> None:
         """Switch the training method (e.g. to ``fixed`` for ASP fine-tuning), keeping the current mask."""
@@ -157,7 +178,7 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
         self._init_sparsity(pattern, method, decay)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(input, self.masked_weight(), self.bias)
+        return self._conv_forward(input, self._forward_weight(), self.bias)
 
 
 class SparseLinear(SparseMixin, nn.Linear):
@@ -168,7 +189,7 @@ class SparseLinear(SparseMixin, nn.Linear):
         self._init_sparsity(pattern, method, decay)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(input, self.masked_weight(), self.bias)
+        return F.linear(input, self._forward_weight(), self.bias)
 
 
 SPARSE_TYPES = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}

@@ -70,24 +70,26 @@ def group_topn(groups: torch.Tensor, n: int, out: torch.Tensor | None = None) ->
 
 
 def _load_kernel():
-    """The compiled one-pass kernel (csrc/nm_mask_kernel.c, built by ``pip install``), or None."""
+    """The compiled kernels (csrc/nm_mask_kernel.c, built by ``pip install``) as a ctypes library, or None."""
     if os.environ.get("NM_MASK_BACKEND", "auto") == "torch":
         return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_nm_mask_kernel{suffix}"
         if path.exists():
-            lib = ctypes.CDLL(str(path))
-            fn = lib.nm_mask_kernel
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                           ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            fn.restype = ctypes.c_int
-            return fn
+            lib = ctypes.CDLL(str(path))  # torch is imported: its libgomp.so.1 serves the kernel's OpenMP
+            i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+            lib.nm_mask_kernel.argtypes = [ptr, ptr, ptr, i64, i64, i64, i32, i32, i32, i32]
+            lib.nm_mask_kernel.restype = i32
+            lib.nm_grad_kernel.argtypes = [ptr, ptr, ptr, i64, ctypes.c_double, i32, i32, i32]
+            lib.nm_grad_kernel.restype = i32
+            return lib
     return None
 
 
 _KERNEL = _load_kernel()
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_KERNEL_OUT_DTYPES = (torch.float32, torch.float64)  # masked weights / gradients written by the kernel
 
 
 def mask_backend() -> str:
@@ -99,46 +101,93 @@ def _nonfinite_error(shape) -> ValueError:
     return ValueError(f"cannot compute an N:M mask for a weight of shape {tuple(shape)} holding NaN or inf values")
 
 
-def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None) -> torch.Tensor:
+def _kernel_fits(*tensors: torch.Tensor) -> bool:
+    """True when the kernel can write these CPU tensors in place (contiguous, kernel-supported float dtype)."""
+    return _KERNEL is not None and all(
+        t.device.type == "cpu" and t.is_contiguous() and t.dtype in _KERNEL_OUT_DTYPES for t in tensors)
+
+
+def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None,
+                 masked: torch.Tensor | None = None) -> torch.Tensor:
     src = (w if w.dtype in (torch.float32, torch.float64) else w.float()).contiguous()
     if out is None or not out.is_contiguous():
         out = torch.empty(w.shape, dtype=torch.bool)
     if w.numel() == 0:
         return out
+    write_masked = masked is not None and src is w and _kernel_fits(masked) and masked.dtype == w.dtype
     o, c = w.shape[0], w.shape[1]
     k = w.numel() // (o * c)
-    rc = _KERNEL(src.data_ptr(), out.data_ptr(), o, c, k, pattern.n, pattern.m,
-                 int(src.dtype == torch.float64), torch.get_num_threads())
-    torch.autograd.graph.increment_version(out)  # the kernel wrote behind torch's back: caches keyed on it see it
+    rc = _KERNEL.nm_mask_kernel(src.data_ptr(), out.data_ptr(), masked.data_ptr() if write_masked else None,
+                                o, c, k, pattern.n, pattern.m, int(src.dtype == torch.float64),
+                                torch.get_num_threads())
+    # the kernel wrote behind torch's back: caches and autograd's saved-tensor checks keyed on versions see it
+    torch.autograd.graph.increment_version(out)
+    if write_masked:
+        torch.autograd.graph.increment_version(masked)
     if rc == 1:
         raise _nonfinite_error(w.shape)
     if rc != 0:
         raise RuntimeError(f"nm_mask kernel failed for shape {tuple(w.shape)} and pattern {pattern}")
+    if masked is not None and not write_masked:
+        torch.mul(w, out.view(torch.uint8), out=masked)
     return out
 
 
-def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor | None = None) -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor | None = None,
+            masked: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
     largest |w| are True (ties keep the lower index).
 
     Linear [out, in]: groups of M consecutive input features in a row; Conv [out, in, kh, kw]: M
     consecutive input channels at a fixed (out, kh, kw). Raises ValueError when dim 1 is not divisible
-    by M or when the weight holds NaN/inf. ``out``: a bool tensor of the weight's shape to write the mask into.
+    by M or when the weight holds NaN/inf. ``out``: a bool tensor of the weight's shape to write the mask into;
+    ``masked``: a tensor of the weight's shape and dtype that also receives ``weight * mask`` (in the same
+    pass over the weight on the CPU).
     """
     pattern = NMPattern.parse(pattern)
     check_groupable(weight.shape, pattern)
     if out is not None and (out.shape != weight.shape or out.dtype != torch.bool or out.device != weight.device):
         raise ValueError(f"nm_mask out= must be a bool tensor of shape {tuple(weight.shape)} on {weight.device}")
+    if masked is not None and (masked.shape != weight.shape or masked.dtype != weight.dtype or masked.device != weight.device):
+        raise ValueError(f"nm_mask masked= must be a {weight.dtype} tensor of shape {tuple(weight.shape)} on {weight.device}")
     w = weight.detach()
     if _KERNEL is not None and w.device.type == "cpu" and w.dtype in _KERNEL_DTYPES and pattern.m <= 64:
-        mask = _kernel_mask(w, pattern, out)
-    else:
-        if not bool(torch.isfinite(w).all()):
-            raise _nonfinite_error(weight.shape)
-        mask = from_groups(group_topn(to_groups(w, pattern.m), pattern.n), weight.shape)
-    if out is not None and mask is not out:
-        return out.copy_(mask)
-    return mask.contiguous()
+        mask = _kernel_mask(w, pattern, out, masked)
+        if out is not None and mask is not out:
+            mask = out.copy_(mask)
+        return mask.contiguous() if out is None else mask
+    if not bool(torch.isfinite(w).all()):
+        raise _nonfinite_error(weight.shape)
+    mask = from_groups(group_topn(to_groups(w, pattern.m), pattern.n), weight.shape)
+    mask = out.copy_(mask) if out is not None else mask.contiguous()
+    if masked is not None:
+        torch.mul(w, mask.view(torch.uint8), out=masked)
+    return mask
+
+
+def masked_grad(grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, decay: float = 0.0,
+                fixed: bool = False, inplace: bool = False) -> torch.Tensor:
+    """The gradient of a dense weight from the gradient of its masked weight: SR-STE
+    ``grad + decay * (~mask) * weight`` (STE when decay is 0), or ``grad * mask`` when ``fixed``.
+
+    Bit-identical to ``torch.addcmul(grad, weight, (~mask).to(grad.dtype), value=decay)`` and
+    ``grad * mask``; ``inplace`` writes into ``grad`` (which must not be needed elsewhere).
+    """
+    if not fixed and decay == 0.0:
+        return grad
+    if inplace and _kernel_fits(grad, weight) and mask.is_contiguous() and grad.dtype == weight.dtype \
+            and grad.shape == weight.shape == mask.shape:
+        rc = _KERNEL.nm_grad_kernel(grad.data_ptr(), weight.data_ptr(), mask.data_ptr(), grad.numel(),
+                                    float(decay), int(fixed), int(grad.dtype == torch.float64), torch.get_num_threads())
+        if rc != 0:
+            raise RuntimeError(f"nm_grad kernel failed for a gradient of shape {tuple(grad.shape)}")
+        torch.autograd.graph.increment_version(grad)
+        return grad
+    keep = mask.view(torch.uint8)
+    if fixed:
+        return grad.mul_(keep) if inplace else grad * keep
+    inverse = (1 - keep).to(grad.dtype)
+    return grad.addcmul_(weight, inverse, value=decay) if inplace else torch.addcmul(grad, weight, inverse, value=decay)
 
 
 def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:

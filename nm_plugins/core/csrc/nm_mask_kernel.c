@@ -1,121 +1,223 @@
-/* N:M magnitude mask in one pass over a weight [O, C, K] (K = product of kernel dims, 1 for Linear).
- * Groups are M consecutive input channels at fixed (o, k); in each group the N largest |w| are kept,
- * ties keeping the lower channel. Output: one byte per weight, in the weight's own layout.
- * Plain C with pthreads, loaded through ctypes (no Python or torch headers). Returns 1 when a weight is
- * NaN/inf (the mask is then not to be used), else 0. */
+/* N:M magnitude masks and the SR-STE gradient pass, for weights [O, C, K] (K = product of the kernel
+ * dims, 1 for Linear) in the standard contiguous layout.
+ *
+ * nm_mask_kernel: groups are M consecutive input channels at fixed (o, k); in each group the N largest
+ * |w| are kept, ties keeping the lower channel. Writes one byte per weight and, when `masked` is not
+ * NULL, the masked weight w * keep, both in the weight's own layout; one pass over the weight.
+ * nm_grad_kernel: in place on a gradient of the same layout, the straight-through gradient's extras:
+ * SR-STE decay g + decay * w * (1 - keep), or the fixed-mask gradient g * keep; the same arithmetic, in
+ * the same order, as torch.addcmul / torch.mul (built with -ffp-contract=off, so bit-identical).
+ *
+ * Plain C, loaded through ctypes (no Python or torch headers). Threads come from OpenMP: linked against
+ * libgomp.so.1, which torch has already loaded, so the kernels run on torch's own thread team instead of
+ * competing with its spinning workers. Built without OpenMP they run on one thread. */
 #include <float.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MAX_M 64
+#define TILE 128     /* groups ranked together; the rank loops vectorise over a tile */
+#define MIN_ITEMS_PER_THREAD 4096
+#define MIN_ELEMS_PER_THREAD 65536
 
 typedef struct {
     const void *w;
-    uint8_t *out;
-    int64_t C, K, first, last; /* work items are (o, channel group) pairs [first, last) */
-    int n, m, is_double, nonfinite;
+    uint8_t *mask;
+    void *masked;
+    int64_t K, first, last; /* work items are blocks p = (o, channel group) [first, last) */
+    int n, m;
 } job_t;
 
-/* Work item p = (output o, channel group g); a group is the M weights at base(p) + t*K + k, t < M, for each
- * kernel position k < K. A tile of up to TILE groups is gathered into per-channel columns, so that the rank
- * loops (how many weights of its group beat each weight) run over contiguous memory and vectorise; then
- * the keep flags are scattered back to the weight's layout. Local restrict pointers: byte stores would
- * otherwise force reloads. */
-#define TILE 64
 /* Ranks of a gathered tile: keep[t][j] = fewer than N weights of group j beat channel t (ties: lower t wins). */
 #define RANK_TILE()                                                                   \
-    for (int t = 0; t < m; ++t) {                                                     \
-        uint8_t rank[TILE] = {0};                                                     \
-        for (int s = 0; s < t; ++s)                                                   \
-            for (int j = 0; j < TILE; ++j) rank[j] += col[s][j] >= col[t][j];         \
-        for (int s = t + 1; s < m; ++s)                                               \
-            for (int j = 0; j < TILE; ++j) rank[j] += col[s][j] > col[t][j];          \
-        for (int j = 0; j < TILE; ++j) keep[t][j] = rank[j] < n;                      \
-    }
-
-/* Linear and 1x1 convs (K == 1): group p is simply the M contiguous weights at p*M. */
-#define BODY_K1(T, ABS, MAXV)                                                         \
-    const T *restrict w = (const T *)job->w;                                          \
-    uint8_t *restrict out = job->out;                                                 \
-    T col[MAX_M][TILE];                                                               \
-    uint8_t keep[MAX_M][TILE];                                                        \
-    for (int64_t p0 = job->first; p0 < job->last; p0 += TILE) {                       \
-        const int cnt = (int)((job->last - p0) < TILE ? (job->last - p0) : TILE);     \
-        const T *restrict src = w + p0 * m;                                           \
-        int finite = 1;                                                               \
-        for (int j = 0; j < cnt; ++j)                                                 \
-            for (int t = 0; t < m; ++t) col[t][j] = ABS(src[j * m + t]);              \
+    {                                                                                 \
+        int32_t rank[MAX_M][TILE];                                                    \
         for (int t = 0; t < m; ++t)                                                   \
-            for (int j = 0; j < cnt; ++j) finite &= col[t][j] <= MAXV;                \
-        if (!finite) { job->nonfinite = 1; return NULL; }                             \
-        RANK_TILE()                                                                   \
-        uint8_t *restrict dst = out + p0 * m;                                         \
-        for (int j = 0; j < cnt; ++j)                                                 \
-            for (int t = 0; t < m; ++t) dst[j * m + t] = keep[t][j];                  \
+            for (int j = 0; j < TILE; ++j) rank[t][j] = 0;                            \
+        for (int t = 0; t < m; ++t)                                                   \
+            for (int s = t + 1; s < m; ++s)                                           \
+                for (int j = 0; j < TILE; ++j) {                                      \
+                    const int32_t t_wins = col[t][j] >= col[s][j];                    \
+                    rank[s][j] += t_wins;                                             \
+                    rank[t][j] += 1 - t_wins;                                         \
+                }                                                                     \
+        for (int t = 0; t < m; ++t)                                                   \
+            for (int j = 0; j < TILE; ++j) keep[t][j] = rank[t][j] < n;               \
     }
 
+#define CHECK_FINITE(MAXV, CNT)                                                       \
+    {                                                                                 \
+        int finite = 1;                                                               \
+        for (int t = 0; t < m; ++t)                                                   \
+            for (int j = 0; j < (CNT); ++j) finite &= col[t][j] <= MAXV;              \
+        if (!finite) return 1;                                                        \
+    }
+
+/* K > TILE (large kernels): group (p, k) is the M weights at p*M*K + t*K + k. A tile is filled with
+ * runs of consecutive kernel positions k of one block, so each channel's values are copied from
+ * contiguous memory; runs are remembered to write the flags back. */
 #define BODY(T, ABS, MAXV)                                                            \
     const T *restrict w = (const T *)job->w;                                          \
-    uint8_t *restrict out = job->out;                                                 \
+    uint8_t *restrict mask = job->mask;                                               \
+    T *restrict masked = (T *)job->masked;                                            \
     T col[MAX_M][TILE];                                                               \
     uint8_t keep[MAX_M][TILE];                                                        \
-    int64_t base[TILE];                                                               \
-    int64_t p = job->first, k = 0, block = 0;                                         \
+    int64_t run_base[TILE];                                                           \
+    int run_at[TILE + 1];                                                             \
+    int64_t p = job->first, k = 0;                                                    \
     while (p < job->last) {                                                           \
-        int cnt = 0;                                                                  \
-        for (; cnt < TILE && p < job->last; ++cnt) {                                  \
-            if (k == 0) block = (p / groups_per_row) * C * K + (p % groups_per_row) * m * K; \
-            base[cnt] = block + k;                                                    \
-            if (++k == K) { k = 0; ++p; }                                             \
+        int cnt = 0, runs = 0;                                                        \
+        while (cnt < TILE && p < job->last) {                                         \
+            const int64_t left = K - k;                                               \
+            const int len = (int)(left < TILE - cnt ? left : TILE - cnt);             \
+            const int64_t base = p * m * K + k;                                       \
+            const T *restrict src = w + base;                                         \
+            for (int t = 0; t < m; ++t)                                               \
+                for (int r = 0; r < len; ++r) col[t][cnt + r] = ABS(src[t * K + r]);  \
+            run_base[runs] = base;                                                    \
+            run_at[runs++] = cnt;                                                     \
+            cnt += len;                                                               \
+            k += len;                                                                 \
+            if (k == K) { k = 0; ++p; }                                               \
         }                                                                             \
-        int finite = 1;                                                               \
-        for (int j = 0; j < cnt; ++j)                                                 \
-            for (int t = 0; t < m; ++t) col[t][j] = ABS(w[base[j] + t * K]);          \
-        for (int t = 0; t < m; ++t)                                                   \
-            for (int j = 0; j < cnt; ++j) finite &= col[t][j] <= MAXV;                \
-        if (!finite) { job->nonfinite = 1; return NULL; }                             \
+        run_at[runs] = cnt;                                                           \
+        CHECK_FINITE(MAXV, cnt)                                                       \
         RANK_TILE()                                                                   \
-        for (int j = 0; j < cnt; ++j)                                                 \
-            for (int t = 0; t < m; ++t) out[base[j] + t * K] = keep[t][j];            \
-    }
+        for (int q = 0; q < runs; ++q) {                                              \
+            const int at = run_at[q], len = run_at[q + 1] - at;                       \
+            uint8_t *restrict dst = mask + run_base[q];                               \
+            for (int t = 0; t < m; ++t)                                               \
+                for (int r = 0; r < len; ++r) dst[t * K + r] = keep[t][at + r];       \
+            if (masked) {                                                             \
+                const T *restrict src = w + run_base[q];                              \
+                T *restrict mdst = masked + run_base[q];                              \
+                for (int t = 0; t < m; ++t)                                           \
+                    for (int r = 0; r < len; ++r)                                     \
+                        mdst[t * K + r] = src[t * K + r] * (T)keep[t][at + r];        \
+            }                                                                         \
+        }                                                                             \
+    }                                                                                 \
+    return 0;
 
-static void *run(void *arg) {
-    job_t *job = (job_t *)arg;
-    const int m = job->m, n = job->n;
-    const int64_t C = job->C, K = job->K, groups_per_row = C / m;
-    if (job->is_double) {
-        if (K == 1) { BODY_K1(double, fabs, DBL_MAX) } else { BODY(double, fabs, DBL_MAX) }
-    } else if (m == 4) {
+/* K <= TILE: the weight is a sequence of blocks of M*K contiguous values, block p = (o, channel group)
+ * holding channel t's K kernel positions at t*K. A tile of whole blocks is split into per-channel
+ * columns (runs of K contiguous values), ranked, and the flags and masked values written back into the
+ * same contiguous range. */
+#define BODY_WHOLE(T, ABS, MAXV)                                                      \
+    const T *restrict w = (const T *)job->w;                                          \
+    T col[MAX_M][TILE], val[MAX_M][TILE];                                             \
+    uint8_t keep[MAX_M][TILE];                                                        \
+    const int per_tile = (int)(TILE / K);                                             \
+    for (int64_t p0 = job->first; p0 < job->last; p0 += per_tile) {                   \
+        const int blocks = (int)(job->last - p0 < per_tile ? job->last - p0 : per_tile); \
+        const int cnt = blocks * (int)K;                                              \
+        const T *restrict src = w + p0 * m * K;                                       \
+        for (int b = 0; b < blocks; ++b)                                              \
+            for (int t = 0; t < m; ++t)                                               \
+                for (int r = 0; r < K; ++r) val[t][b * K + r] = src[(b * m + t) * K + r]; \
+        for (int t = 0; t < m; ++t)                                                   \
+            for (int j = 0; j < TILE; ++j) col[t][j] = ABS(val[t][j]);                \
+        CHECK_FINITE(MAXV, cnt)                                                       \
+        RANK_TILE()                                                                   \
+        uint8_t *restrict dst = job->mask + p0 * m * K;                               \
+        for (int b = 0; b < blocks; ++b)                                              \
+            for (int t = 0; t < m; ++t)                                               \
+                for (int r = 0; r < K; ++r) dst[(b * m + t) * K + r] = keep[t][b * K + r]; \
+        if (job->masked) {                                                            \
+            T *restrict mdst = (T *)job->masked + p0 * m * K;                         \
+            for (int t = 0; t < m; ++t)                                               \
+                for (int j = 0; j < TILE; ++j) val[t][j] *= (T)keep[t][j];            \
+            for (int b = 0; b < blocks; ++b)                                          \
+                for (int t = 0; t < m; ++t)                                           \
+                    for (int r = 0; r < K; ++r) mdst[(b * m + t) * K + r] = val[t][b * K + r]; \
+        }                                                                             \
+    }                                                                                 \
+    return 0;
+
+/* Dispatch on K: a constant K (Linear and 1x1, 3x3 kernels) lets the compiler unroll the copy loops. */
+#define DISPATCH_K(T, ABS, MAXV)                                                      \
+    if (K == 1) { const int64_t K = 1; BODY_WHOLE(T, ABS, MAXV) }                     \
+    else if (K == 9) { const int64_t K = 9; BODY_WHOLE(T, ABS, MAXV) }                \
+    else if (K <= TILE) { BODY_WHOLE(T, ABS, MAXV) }                                  \
+    else { BODY(T, ABS, MAXV) }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CLONES __attribute__((target_clones("avx2", "default"))) /* AVX2 where the CPU has it */
+#else
+#define CLONES
+#endif
+
+/* One thread's share of the items; returns 1 when it met a NaN/inf weight. */
+CLONES static int run(const job_t *job) {
+    const int n = job->n;
+    const int64_t K = job->K;
+    if (job->m == 4) {
         const int m = 4; /* a constant M lets the compiler unroll the rank loops */
-        if (K == 1) { BODY_K1(float, fabsf, FLT_MAX) } else { BODY(float, fabsf, FLT_MAX) }
-    } else if (m == 8) {
+        DISPATCH_K(float, fabsf, FLT_MAX)
+    } else if (job->m == 8) {
         const int m = 8;
-        if (K == 1) { BODY_K1(float, fabsf, FLT_MAX) } else { BODY(float, fabsf, FLT_MAX) }
+        DISPATCH_K(float, fabsf, FLT_MAX)
     } else {
-        if (K == 1) { BODY_K1(float, fabsf, FLT_MAX) } else { BODY(float, fabsf, FLT_MAX) }
+        const int m = job->m;
+        DISPATCH_K(float, fabsf, FLT_MAX)
     }
-    return NULL;
 }
 
-int nm_mask_kernel(const void *w, uint8_t *out, int64_t O, int64_t C, int64_t K, int n, int m,
-                   int is_double, int threads) {
-    if (m < 1 || m > MAX_M || C % m != 0) return -1;
-    int64_t items = O * (C / m);
+static int run_double(const job_t *job) {
+    const int n = job->n, m = job->m;
+    const int64_t K = job->K;
+    DISPATCH_K(double, fabs, DBL_MAX)
+}
+
+static int clamp_threads(int threads, int64_t work, int64_t per_thread) {
     if (threads < 1) threads = 1;
-    if (threads > 64) threads = 64;
-    if (items < 4096 * threads) threads = 1;
-    job_t jobs[64];
-    pthread_t tids[64];
-    for (int i = 0; i < threads; ++i) {
-        jobs[i] = (job_t){w, out, C, K, items * i / threads, items * (i + 1) / threads, n, m, is_double, 0};
-    }
-    for (int i = 1; i < threads; ++i) pthread_create(&tids[i], NULL, run, &jobs[i]);
-    run(&jobs[0]);
-    int bad = jobs[0].nonfinite;
-    for (int i = 1; i < threads; ++i) {
-        pthread_join(tids[i], NULL);
-        bad |= jobs[i].nonfinite;
+    if (work < per_thread * threads) threads = (int)(work / per_thread) > 1 ? (int)(work / per_thread) : 1;
+    return threads;
+}
+
+/* Returns 0, 1 when a weight is NaN/inf (the outputs are then not to be used), -1 on bad arguments. */
+int nm_mask_kernel(const void *w, uint8_t *mask, void *masked, int64_t O, int64_t C, int64_t K, int n, int m,
+                   int is_double, int threads) {
+    if (m < 1 || m > MAX_M || n < 0 || n > m || C % m != 0) return -1;
+    const int64_t items = O * (C / m);
+    threads = clamp_threads(threads, items, MIN_ITEMS_PER_THREAD);
+    int bad = 0;
+#pragma omp parallel num_threads(threads) reduction(| : bad)
+    {
+        int tid = 0, nt = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const job_t job = {w, mask, masked, K, items * tid / nt, items * (tid + 1) / nt, n, m};
+        bad |= is_double ? run_double(&job) : run(&job);
     }
     return bad;
 }
+
+#define GRAD_LOOP(T)                                                                  \
+    {                                                                                 \
+        T *restrict g = (T *)grad;                                                    \
+        const T *restrict x = (const T *)w;                                           \
+        const T lam = (T)decay;                                                       \
+        if (mode == 0) {                                                              \
+            _Pragma("omp parallel for simd num_threads(threads) schedule(static)")    \
+            for (int64_t i = 0; i < numel; ++i) g[i] = g[i] + lam * x[i] * (T)(1 - keep[i]); \
+        } else {                                                                      \
+            _Pragma("omp parallel for simd num_threads(threads) schedule(static)")    \
+            for (int64_t i = 0; i < numel; ++i) g[i] = g[i] * (T)keep[i];             \
+        }                                                                             \
+    }
+
+/* mode 0 (SR-STE): grad += decay * w * (1 - keep); mode 1 (fixed mask): grad *= keep. In place. */
+int nm_grad_kernel(void *grad, const void *w, const uint8_t *keep, int64_t numel, double decay, int mode,
+                   int is_double, int threads) {
+    if (mode != 0 && mode != 1) return -1;
+    threads = clamp_threads(threads, numel, MIN_ELEMS_PER_THREAD);
+    if (is_double) GRAD_LOOP(double) else GRAD_LOOP(float)
+    return 0;
+}
+
