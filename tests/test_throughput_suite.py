@@ -36,8 +36,18 @@ def test_measured_export_dry_run_on_cpu_keeps_every_layer_dense_and_says_why():
     assert all(row.dense_ms > 0 and row.input_shape[-1] == row.weight_shape[1] for row in table)
     with torch.no_grad():
         assert torch.equal(fast(x), export_dense(model).eval()(x))
+    e2e = table.end_to_end  # the whole-model check: nothing went sparse, so nothing to compare
+    assert e2e["kept"] == "dense" and e2e["dense_ms"] > 0 and e2e["sparse_ms"] is None
     text = format_layer_table(table)
-    assert "blocks.0.mlp.fc1" in text and "| dense |" in text
+    assert "blocks.0.mlp.fc1" in text and "| dense |" in text and "Whole model: dense" in text
+
+
+def test_whole_model_check_keeps_sparse_layers_only_when_the_model_wins():
+    from nm_plugins.core.fast_inference import keep_sparse_model
+
+    assert keep_sparse_model(10.0, 8.0, 1.05)  # 1.25x
+    assert not keep_sparse_model(10.0, 9.7, 1.05)  # 1.03x: within noise, dense kept
+    assert not keep_sparse_model(10.0, 10.5, 1.0)  # slower together although each layer won alone
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

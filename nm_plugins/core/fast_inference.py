@@ -129,6 +129,7 @@ class LayerChoice:
     dense_ms: float
     sparse_ms: dict  # kernel -> ms, or the error that ruled it out
     choice: str
+    note: str = ""  # e.g. why a layer that won alone went back to dense
 
     @property
     def best_ratio(self) -> float | None:
@@ -144,6 +145,18 @@ def choose_kernel(dense_ms: float, sparse_ms: dict, min_speedup: float) -> str:
         return "dense"
     best = min(timed, key=timed.get)
     return best if dense_ms / timed[best] >= min_speedup else "dense"
+
+
+class LayerTable(list):
+    """The export's :class:`LayerChoice` rows, plus ``end_to_end``: the whole-model check (dense ms, ms
+    with the chosen sparse layers, speed-up, what was kept and why)."""
+
+    end_to_end: dict | None = None
+
+
+def keep_sparse_model(dense_ms: float, sparse_ms: float, min_speedup: float) -> bool:
+    """True when the model with its chosen sparse layers beats the dense model by ``min_speedup`` end to end."""
+    return dense_ms / sparse_ms >= min_speedup
 
 
 def _candidates(model: nn.Module, convs: bool) -> list:
@@ -184,8 +197,12 @@ def to_fast_semi_structured(model: nn.Module, example_input: torch.Tensor, dtype
 
     Every candidate layer is timed at the input shape ``example_input`` gives it (under a CUDA graph when
     ``graph``), dense against each sparse kernel; a kernel must match the dense output (relative error
-    <= ``rtol``) and beat dense by ``min_speedup`` to be kept. Returns ``(exported model, [LayerChoice])``;
-    with ``graph`` the model is wrapped in a :class:`CudaGraphModule` for ``example_input``'s shape.
+    <= ``rtol``) and beat dense by ``min_speedup`` to be kept. Layers that win alone can still lose
+    together (launch overheads, memory traffic, a CUDA graph's schedule), so the whole model is timed
+    too, dense against the chosen sparse layers, in the same mode: unless it also wins by ``min_speedup``
+    every layer goes back to dense — the export never makes the model slower than it measured.
+    Returns ``(exported model, LayerTable)`` (a list of :class:`LayerChoice` with ``end_to_end``); with
+    ``graph`` the model is wrapped in a :class:`CudaGraphModule` for ``example_input``'s shape.
     ``device="cpu"`` runs the same measurement on the CPU, where no 2:4 kernel exists: every layer stays
     dense and the table says why (a dry run of the procedure). Raises RuntimeError for CUDA without a GPU.
     """
@@ -213,7 +230,10 @@ def to_fast_semi_structured(model: nn.Module, example_input: torch.Tensor, dtype
         out(x)
     for h in hooks:
         h.remove()
-    cache, table = {}, []
+    graph_e2e = graph and device.type == "cuda"
+    with torch.no_grad():
+        dense_e2e_ms = time_ms(lambda: out(x), device, reps=reps, graph=graph_e2e)
+    cache, table, replaced = {}, LayerTable(), []
     for name in names:
         if name not in sig_of:  # a layer the forward never called
             continue
@@ -226,8 +246,22 @@ def to_fast_semi_structured(model: nn.Module, example_input: torch.Tensor, dtype
         table.append(LayerChoice(name, type(module).__name__, tuple(module.weight.shape), sig[3],
                                  dense_ms, dict(sparse_ms), choice))
         if choice != "dense":
+            replaced.append((name, module, table[-1]))
             _set_module(out, name, _wrap(module, choice))
     del by_sig
+    table.end_to_end = {"dense_ms": dense_e2e_ms, "sparse_ms": None, "speedup": None, "kept": "dense",
+                        "reason": "no layer was faster sparse"}
+    if replaced:
+        with torch.no_grad():
+            sparse_e2e_ms = time_ms(lambda: out(x), device, reps=reps, graph=graph_e2e)
+        keep = keep_sparse_model(dense_e2e_ms, sparse_e2e_ms, min_speedup)
+        table.end_to_end.update(sparse_ms=sparse_e2e_ms, speedup=dense_e2e_ms / sparse_e2e_ms,
+                                kept="sparse" if keep else "dense",
+                                reason=f"{len(replaced)} sparse layer(s) {'win' if keep else 'lose'} together")
+        if not keep:
+            for name, module, row in replaced:
+                _set_module(out, name, module)
+                row.choice, row.note = "dense", "won alone; the whole model was not faster"
     if graph and device.type == "cuda":
         out = CudaGraphModule(out, x)
     return out, table
@@ -274,6 +308,11 @@ def format_layer_table(table: list) -> str:
             t = r.sparse_ms.get(k)
             cells.append(f"{t:.4f}" if isinstance(t, float) else ("n/a" if t is None else "failed"))
         ratio = r.best_ratio
-        cells += ["-" if ratio is None else f"{ratio:.2f}x", r.choice]
+        cells += ["-" if ratio is None else f"{ratio:.2f}x", r.choice + (f" ({r.note})" if r.note else "")]
         lines.append("| " + " | ".join(cells) + " |")
+    e2e = getattr(table, "end_to_end", None)
+    if e2e:
+        sparse = "-" if e2e["sparse_ms"] is None else f"{e2e['sparse_ms']:.4f} ms ({e2e['speedup']:.2f}x)"
+        lines.append(f"\nWhole model: dense {e2e['dense_ms']:.4f} ms, with the chosen sparse layers {sparse}; "
+                     f"kept {e2e['kept']} ({e2e['reason']}).")
     return "\n".join(lines)
