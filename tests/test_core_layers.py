@@ -207,3 +207,16 @@ def test_grouped_conv_groups_within_each_group():
     layer = SparseConv2d(8, 8, 3, groups=2)
     assert layer.weight.shape[1] == 4
     assert is_valid_nm_mask(layer.mask(), "2:4")
+
+
+def test_public_masked_weight_is_a_snapshot():
+    """masked_weight() returns a new tensor: kept across an optimizer step it still holds the old values."""
+    layer = SparseLinear(16, 4)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    before = layer.masked_weight().detach()
+    expected = layer.weight.detach() * layer.mask()
+    layer(torch.randn(3, 16)).sum().backward()
+    opt.step()
+    layer(torch.randn(3, 16))  # rewrites the layer's own masked-weight buffer
+    assert torch.equal(before, expected)
+    assert not torch.equal(layer.masked_weight(), before)

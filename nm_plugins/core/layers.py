@@ -31,16 +31,16 @@ class _MaskedWeight(torch.autograd.Function):
     weight version, or masked gradient for ``fixed``)."""
 
     @staticmethod
-    def forward(ctx, weight, mask, masked, method, decay, state, key, grad_in_place):
+    def forward(ctx, weight, mask, masked, method, decay, state, key, in_forward):
         ctx.save_for_backward(weight, mask)
-        ctx.method, ctx.decay, ctx.state, ctx.key, ctx.grad_in_place = method, decay, state, key, grad_in_place
+        ctx.method, ctx.decay, ctx.state, ctx.key, ctx.in_forward = method, decay, state, key, in_forward
         return masked.view_as(masked)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, mask = ctx.saved_tensors
         # In place only on the fresh gradient of the layer's own conv/linear: nothing else holds it.
-        in_place = ctx.grad_in_place and not grad_out.requires_grad
+        in_place = ctx.in_forward and not grad_out.requires_grad
         if ctx.method == "fixed":
             return masked_grad(grad_out, weight, mask, fixed=True, inplace=in_place), *(None,) * 7
         grad = grad_out
@@ -94,15 +94,19 @@ class SparseMixin:
         return self.mask()
 
     def masked_weight(self) -> torch.Tensor:
-        """weight ⊙ mask, differentiable with the layer's method (SR-STE, STE, fixed, dense)."""
-        return self._masked_weight(grad_in_place=False)
+        """weight ⊙ mask as a new tensor, differentiable with the layer's method (SR-STE, STE, fixed, dense;
+        for ``dense`` the weight itself)."""
+        if self.method == "dense":
+            return self.weight
+        return self._masked_weight(in_forward=False).clone()
 
     def _forward_weight(self) -> torch.Tensor:
-        """:meth:`masked_weight` for the layer's own conv/linear, whose fresh weight gradient nothing else
-        holds: the backward adds the decay to it in place."""
-        return self._masked_weight(grad_in_place=True)
+        """The masked weight for the layer's own conv/linear: a view of the layer's persistent buffer
+        (rewritten in place when the weight changes); the conv's fresh weight gradient, which nothing
+        else holds, receives the decay in place."""
+        return self._masked_weight(in_forward=True)
 
-    def _masked_weight(self, grad_in_place: bool) -> torch.Tensor:
+    def _masked_weight(self, in_forward: bool) -> torch.Tensor:
         if self.method == "dense":
             return self.weight
         fused = self.__dict__.get("_fused_engine")  # set by nm_plugins.core.fused.FusedSRSTE
@@ -119,8 +123,7 @@ class SparseMixin:
             state.masked_key = masked_key
         if not torch.is_grad_enabled() or not self.weight.requires_grad:
             return masked.view_as(masked)
-        return _MaskedWeight.apply(self.weight, mask, masked, self.method, self.decay, state, state.key,
-                                   grad_in_place)
+        return _MaskedWeight.apply(self.weight, mask, masked, self.method, self.decay, state, state.key, in_forward)
 
     def _masked_buffer(self) -> torch.Tensor:
         """The layer's persistent masked-weight tensor (re-made when the weight's shape, dtype or device changed)."""
