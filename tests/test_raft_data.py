@@ -1,9 +1,7 @@
 """Synthetic proxy generator (flow checked by warping), augmentations, dataset roots and torchvision readers."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from nm_plugins.raft import datasets
 from nm_plugins.raft.augment import FlowAugment
@@ -110,23 +108,9 @@ def test_missing_dataset_root_names_the_variable(monkeypatch, tmp_path):
         datasets.train_set("monkaa", (64, 64))
 
 
-def _write_flo(path, flow):
-    with open(path, "wb") as f:
-        np.array([202021.25], np.float32).tofile(f)
-        np.array([flow.shape[2], flow.shape[1]], np.int32).tofile(f)
-        flow.transpose(1, 2, 0).astype(np.float32).tofile(f)
-
-
-def test_flying_chairs_layout_read_by_torchvision(monkeypatch, tmp_path):
+def test_flying_chairs_layout_read_by_torchvision(monkeypatch, tmp_path, flying_chairs):
     """A miniature FlyingChairs in the official layout goes through torchvision's reader and our augmentation."""
-    data = tmp_path / "FlyingChairs" / "data"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(1, 4):
-        for k in (1, 2):
-            Image.fromarray(rng.integers(0, 255, (72, 88, 3), dtype=np.uint8)).save(data / f"{i:05d}_img{k}.ppm")
-        _write_flo(data / f"{i:05d}_flow.flo", rng.normal(size=(2, 72, 88)).astype(np.float32))
-    (tmp_path / "FlyingChairs" / "FlyingChairs_train_val.txt").write_text("1\n1\n2\n")
+    flying_chairs(tmp_path, [1, 1, 2], (72, 88))
     monkeypatch.setenv("CHAIRS_ROOT", str(tmp_path))
     train = datasets.train_set("chairs", (48, 64))
     assert len(train) == 2

@@ -125,25 +125,9 @@ def test_torchrun_two_cpu_processes_train_and_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_smoke_on_a_miniature_flying_chairs(tmp_path):
+def test_reproduce_smoke_on_a_miniature_flying_chairs(tmp_path, flying_chairs):
     """The real-dataset branch: CHAIRS_ROOT in the official layout -> raft_large dense and 2:4 SR-STE, Chairs val."""
-    import numpy as np
-    from PIL import Image
-
-    def _write_flo(path, flow):  # Middlebury .flo: magic, width, height, then (H, W, 2) float32
-        with open(path, "wb") as f:
-            np.array([202021.25], np.float32).tofile(f)
-            np.array([flow.shape[2], flow.shape[1]], np.int32).tofile(f)
-            flow.transpose(1, 2, 0).astype(np.float32).tofile(f)
-
-    data = tmp_path / "FlyingChairs" / "data"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        for k in (1, 2):
-            Image.fromarray(rng.integers(0, 255, (136, 168, 3), dtype=np.uint8)).save(data / f"{i:05d}_img{k}.ppm")
-        _write_flo(data / f"{i:05d}_flow.flo", rng.normal(size=(2, 136, 168)).astype(np.float32))
-    (tmp_path / "FlyingChairs" / "FlyingChairs_train_val.txt").write_text("1\n1\n1\n1\n2\n")
+    flying_chairs(tmp_path, [1, 1, 1, 1, 2], (136, 168))
     env = {k: v for k, v in os.environ.items() if not k.endswith("_ROOT")}
     env.update(SMOKE="1", CHAIRS_ROOT=str(tmp_path))
     proc = subprocess.run(["make", "reproduce-raft", "SMOKE=1"], cwd=REPO, env=env, capture_output=True, text=True,
