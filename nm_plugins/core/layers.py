@@ -85,7 +85,7 @@ class SparseMixin:
                 nm_mask(self.weight, self.pattern, out=self.nm_mask, masked=masked)
             self._state.key = key
             if masked is not None:
-                self._state.masked_key = (key, self.nm_mask._version, self.nm_mask.data_ptr())
+                self._state.masked_key = self._masked_key(key)
         return self.nm_mask
 
     def refresh_mask(self) -> torch.Tensor:
@@ -115,8 +115,8 @@ class SparseMixin:
             if masked is not None:
                 return masked
         mask, masked = self.mask(), self._masked_buffer()
-        state, key = self._state, self._weight_key()
-        masked_key = (key, mask._version, mask.data_ptr())
+        state = self._state
+        masked_key = self._masked_key(self._weight_key())
         if state.masked_key != masked_key:
             with torch.no_grad():
                 torch.mul(self.weight, mask.view(torch.uint8), out=masked)
@@ -124,6 +124,10 @@ class SparseMixin:
         if not torch.is_grad_enabled() or not self.weight.requires_grad:
             return masked.view_as(masked)
         return _MaskedWeight.apply(self.weight, mask, masked, self.method, self.decay, state, state.key, in_forward)
+
+    def _masked_key(self, weight_key) -> tuple:
+        """What the masked-weight buffer depends on: the weight's version and the mask buffer's version."""
+        return (weight_key, self.nm_mask._version, self.nm_mask.data_ptr())
 
     def _masked_buffer(self) -> torch.Tensor:
         """The layer's persistent masked-weight tensor (re-made when the weight's shape, dtype or device changed)."""

@@ -101,14 +101,8 @@ def plot_results(results: dict, out_dir: Path) -> list:
     for r in results["rows"]:
         curve = [0.0] + r["sad_curve_mean"]
         ax.plot(range(len(curve)), curve, marker="o", label=r["key"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("SAD vs initial mask (fraction of weights)")
-    ax.set_title(f"{results['name']}: SAD over training (mean over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "sad_over_training.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, ax, out_dir / "sad_over_training.png", "epoch", "SAD vs initial mask (fraction of weights)",
+                       f"{results['name']}: SAD over training (mean over seeds)"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, marker in (("dense", "*"), ("srste", "o"), ("ste", "s"), ("asp", "^")):
@@ -119,15 +113,23 @@ def plot_results(results: dict, out_dir: Path) -> list:
             for r in rows:
                 ax.annotate(r["pattern"] or "dense", (r["density"], r["top1_mean"]), fontsize=7,
                             textcoords="offset points", xytext=(4, 4))
-    ax.set_xlabel("density (kept fraction of N:M weights)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{results['name']}: accuracy vs density")
+    paths.append(_save(fig, ax, out_dir / "accuracy_vs_density.png", "density (kept fraction of N:M weights)",
+                       "top-1 (%)", f"{results['name']}: accuracy vs density"))
+    return paths
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, lay out and write one plot as a PNG; returns its path."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out_dir / "accuracy_vs_density.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
 
 
 def write_results(results: dict, out_dir: "str | Path") -> dict:
