@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nm_plugins.core.layers as layers_mod
-from nm_plugins import SparseConv2d, SparseLinear, is_valid_nm_mask, nm_mask
+from nm_plugins import SparseConv2d, SparseLinear, apply_srste_decay, is_valid_nm_mask, nm_mask
 
 DECAY = 2e-4
 
@@ -38,6 +38,7 @@ def test_gradients_follow_the_method_formula(kind, method):
     out = layer(x)
     assert torch.allclose(out, target.detach(), atol=1e-6)
     out.square().sum().backward()
+    apply_srste_decay()  # what optimizer.step() does first
     g = w_tilde.grad
     expected = {
         "srste": g + DECAY * (~mask) * layer.weight.detach(),
@@ -51,7 +52,7 @@ def test_gradients_follow_the_method_formula(kind, method):
 
 @pytest.mark.parametrize("method", ["srste", "fixed"])
 def test_training_gradients_are_bit_identical_to_the_formula(method):
-    """The layer's forward adds the decay in place on its conv's weight gradient: same bits as torch.addcmul."""
+    """The decay (added at the step, in place on the weight gradient): same bits as torch.addcmul."""
     torch.manual_seed(0)
     layer = SparseConv2d(64, 32, 3, padding=1, method=method)
     x = torch.randn(2, 64, 6, 6)
@@ -59,6 +60,7 @@ def test_training_gradients_are_bit_identical_to_the_formula(method):
     w_tilde = (layer.weight.detach() * mask).requires_grad_()
     F.conv2d(x, w_tilde, layer.bias, padding=1).square().sum().backward()
     layer(x).square().sum().backward()
+    apply_srste_decay()
     g = w_tilde.grad
     expected = torch.addcmul(g, layer.weight.detach(), (~mask).float(), value=DECAY) if method == "srste" else g * mask
     assert torch.equal(layer.weight.grad, expected)
@@ -69,6 +71,7 @@ def test_public_masked_weight_never_changes_other_gradients():
     layer = SparseLinear(16, 4, method="srste", decay=0.5)
     other = torch.zeros(4, 16, requires_grad=True)
     (other + layer.masked_weight()).sum().backward()
+    apply_srste_decay()
     assert torch.equal(other.grad, torch.ones(4, 16))
     mask = layer.mask()
     assert torch.equal(layer.weight.grad, torch.addcmul(torch.ones(4, 16), layer.weight.detach(), (~mask).float(), value=0.5))
@@ -100,38 +103,44 @@ def test_decay_added_once_per_step_with_gradient_accumulation():
     xs = [torch.randn(3, 16) for _ in range(4)]
     for x in xs:  # four micro-batches, one optimizer step
         layer(x).sum().backward()
+    assert apply_srste_decay() == 1 and apply_srste_decay() == 0
     data_grad = sum(torch.ones(4, 3) @ x for x in xs) * mask.new_ones(mask.shape, dtype=torch.float32)
     expected = data_grad + DECAY * (~mask) * layer.weight.detach()
     assert torch.allclose(layer.weight.grad, expected, atol=1e-5)
 
 
 def test_decay_added_again_after_an_optimizer_step():
+    """lr 0: each step adds the decay to the gradient it is about to use (a step pre-hook), once per step."""
     layer = SparseLinear(8, 2, bias=False, decay=DECAY)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.0)  # lr 0: the step bumps the weight version, values stay
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)
     x = torch.randn(1, 8)
     for _ in range(2):
         opt.zero_grad()
         layer(x).sum().backward()
-        mask = layer.nm_mask
-        assert torch.allclose(layer.weight.grad, x.expand(2, 8) + DECAY * (~mask) * layer.weight.detach(), atol=1e-6)
+        assert torch.equal(layer.weight.grad, x.expand(2, 8))  # not yet: backward only records the owed decay
+        mask = layer.nm_mask.clone()
         opt.step()
+        assert torch.allclose(layer.weight.grad, x.expand(2, 8) + DECAY * (~mask) * layer.weight.detach(), atol=1e-6)
 
 
 def test_mask_computed_once_per_weight_version(monkeypatch):
+    layer = SparseConv2d(8, 8, 3, padding=1)
     calls = []
     real = layers_mod.nm_mask
     monkeypatch.setattr(layers_mod, "nm_mask", lambda w, p, **kw: calls.append(1) or real(w, p, **kw))
-    layer = SparseConv2d(8, 8, 3, padding=1)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x = torch.randn(2, 8, 6, 6)
-    for _ in range(3):  # gradient accumulation and an eval forward: one mask
+    for _ in range(3):  # gradient accumulation: the mask computed at construction is reused
         layer(x).sum().backward()
-    with torch.no_grad():
-        layer(x)
-    assert len(calls) == 1
+    assert len(calls) == 0
     opt.step()
     layer(x).sum().backward()
-    layer(x)
+    layer(x).sum().backward()
+    assert len(calls) == 1
+    with torch.no_grad():  # evaluation reads the weight as it is now: its own, fresh computation
+        layer(x)
+    assert len(calls) == 2
+    layer(x).sum().backward()  # ... and leaves the training cache alone
     assert len(calls) == 2
 
 
@@ -193,7 +202,7 @@ def test_from_dense_shares_parameters():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(in_features=6, out_features=2), r"\(2, 6\).*2:4"),
+    (dict(in_features=8, out_features=2, decay_mode="epoch"), "decay_mode"),
     (dict(in_features=8, out_features=2, method="magic"), "magic"),
     (dict(in_features=8, out_features=2, pattern="5:4"), "5:4"),
     (dict(in_features=8, out_features=2, decay=-1.0), "decay"),

@@ -102,10 +102,50 @@ def test_ties_keep_lower_index():
     assert nm_mask(w, "2:4").tolist() == [[True, True, False, False], [True, True, False, False]]
 
 
-def test_indivisible_input_axis_names_shape_and_pattern():
-    with pytest.raises(ValueError) as err:
-        nm_mask(torch.randn(8, 6, 3, 3), "2:4")
-    assert "(8, 6, 3, 3)" in str(err.value) and "2:4" in str(err.value)
+def padded_reference_mask(weight, pattern):
+    """Reference for C % M != 0: zero-pad dim 1 to a multiple of M, take the argsort mask, drop the padding."""
+    p = NMPattern.parse(pattern)
+    c = weight.shape[1]
+    pad = -c % p.m
+    padded = torch.cat([weight, weight.new_zeros((weight.shape[0], pad) + tuple(weight.shape[2:]))], 1)
+    return reference_mask(padded, p)[:, :c]
+
+
+@st.composite
+def partial_weights(draw):
+    pattern = NMPattern.parse(draw(st.sampled_from(["2:4", "1:4", "4:8", "2:8", "3:8"])))
+    channels = draw(st.integers(1, 3 * pattern.m).filter(lambda c: c % pattern.m))
+    kernel = draw(st.sampled_from([(), (1, 1), (3, 3), (1, 3)]))
+    shape = (draw(st.integers(1, 5)), channels) + kernel
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    levels = draw(st.sampled_from([2, 1000]))
+    w = torch.randint(-levels, levels + 1, shape, generator=gen).float() / levels
+    return w.to(draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))), pattern
+
+
+@settings(max_examples=200, deadline=None)
+@given(partial_weights())
+def test_partial_groups_are_zero_padded(case):
+    """C % M != 0: the last group of r channels keeps min(N, r) of them, exactly as a zero-padded weight would."""
+    w, pattern = case
+    for backend in BACKENDS:
+        with mask_backend_as(backend):
+            masked = torch.empty_like(w)
+            mask = nm_mask(w, pattern, masked=masked)
+        assert torch.equal(mask, padded_reference_mask(w, pattern)), backend
+        assert torch.equal(masked, w * mask), backend
+        assert is_valid_nm_mask(mask, pattern)
+        r = w.shape[1] % pattern.m
+        last = (mask.movedim(1, -1) if w.dim() > 2 else mask)[..., -r:]
+        assert torch.all(last.sum(-1) == min(pattern.n, r))
+
+
+def test_partial_group_masks_are_validated():
+    mask = torch.tensor([[True, False, False, False, False, True, False]])  # 7 channels, 1:4: a group of 4, one of 3
+    assert is_valid_nm_mask(mask, "1:4") and not is_valid_nm_mask(mask, "2:4")
+    assert not is_valid_nm_mask(torch.tensor([[True, False, False, False, True, True, False]]), "1:4")
+    assert is_valid_nm_mask(torch.tensor([[True, True, False, False, True, True]]), "2:4")  # a last group of 2 keeps 2
+    assert not is_valid_nm_mask(torch.ones(2, 6, dtype=torch.bool), "2:4")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

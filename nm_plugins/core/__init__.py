@@ -1,8 +1,9 @@
 """The N:M core: pattern, mask, SR-STE/STE autograd, sparse layers, sparsify, SAD, counts. Imports only torch."""
-from .flops import count_params_flops
+from .checkpoint import check_sparse_state_dict
+from .decay import apply_srste_decay
 from .fast_inference import CudaGraphModule, to_fast_semi_structured
-from .fused import FusedSRSTE, flat_nm_mask
-from .layers import METHODS, SparseConv2d, SparseLinear, SparseMixin, sparse_layers
+from .flops import count_params_flops
+from .layers import DECAY_MODES, METHODS, SparseConv2d, SparseLinear, SparseMixin, sparse_layers
 from .mask import is_valid_nm_mask, nm_mask
 from .pattern import NMPattern
 from .sad import SADTracker, sad
@@ -11,7 +12,7 @@ from .sparsify import SparsityReport, export_dense, find_classifier, prune_once,
 
 __all__ = [
     "NMPattern", "nm_mask", "is_valid_nm_mask", "SparseConv2d", "SparseLinear", "SparseMixin", "METHODS",
-    "sparse_layers", "sparsify", "SparsityReport", "prune_once", "refresh_masks", "export_dense",
-    "find_classifier", "sad", "SADTracker", "count_params_flops", "to_semi_structured",
-    "FusedSRSTE", "flat_nm_mask", "to_fast_semi_structured", "CudaGraphModule",
+    "DECAY_MODES", "sparse_layers", "sparsify", "SparsityReport", "prune_once", "refresh_masks", "export_dense",
+    "find_classifier", "sad", "SADTracker", "count_params_flops", "to_semi_structured", "apply_srste_decay",
+    "check_sparse_state_dict", "to_fast_semi_structured", "CudaGraphModule",
 ]

@@ -13,11 +13,14 @@ def _kept_weights(module: nn.Module) -> int:
     return module.weight.numel()
 
 
-def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224)) -> tuple[int, int]:
+def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=None) -> tuple[int, int]:
     """(params, flops): parameters with pruned N:M weights left out, and multiply-accumulates of all
-    Conv2d/Linear layers for one forward of a zero tensor of ``input_size`` (kept weights only).
+    Conv2d/Linear layers for one forward of a zero tensor of ``input_size`` (kept weights only), divided by
+    the batch size ``input_size[0]``.
 
-    Convention: one FLOP = one multiply-accumulate of a conv/linear weight, as in the paper's dense
+    ``forward(model, x)`` runs the model on that tensor when ``model(x)`` does not (a whole detector needs its
+    data samples; see ``nm_plugins.mmdet.flops``). Every Conv2d/Linear call counts, also a layer called several
+    times. Convention: one FLOP = one multiply-accumulate of a conv/linear weight, as in the paper's dense
     ResNet-50 figure (4.09G); biases, norms, activations, pooling and additions are not counted.
     """
     params = 0
@@ -48,7 +51,7 @@ def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224)) -> tuple[i
         p = next(model.parameters(), None)
         x = torch.zeros(input_size, device=p.device if p is not None else "cpu")
         with torch.no_grad():
-            model(x)
+            model(x) if forward is None else forward(model, x)
     finally:
         model.train(was_training)
         for h in handles:

@@ -1,55 +1,82 @@
 """SR-STE / STE / fixed-mask N:M layers: drop-in subclasses of nn.Conv2d and nn.Linear."""
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .mask import check_groupable, masked_grad, nm_mask
+from .decay import mark_pending
+from .mask import check_groupable, is_valid_nm_mask, masked_grad, nm_mask
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
+DECAY_MODES = ("step", "call")
 DEFAULT_DECAY = 2e-4
 
 
 class _MaskState:
-    """Per-layer cache: the weight version the mask was computed for and the decay was added at, and the
-    masked weight (kept between steps and rewritten in place, so a step allocates nothing new for it)
-    with the (weight version, mask version) it holds."""
+    """Per-layer cache: the weight version the mask was computed for; the masked weight (kept between steps and
+    rewritten in place, so a step allocates nothing new for it) with the (weight, mask) versions it holds; the
+    backward calls whose decay is owed; whether the weight's last gradient came through the layer's forward."""
 
-    __slots__ = ("key", "decay_key", "masked", "masked_key")
+    __slots__ = ("key", "masked", "masked_key", "calls", "through_forward", "guarded")
 
-    def __init__(self):
-        self.key = None
-        self.decay_key = None
+    def __init__(self, key=None):
+        self.key = key
         self.masked = None
         self.masked_key = None
+        self.calls = 0
+        self.through_forward = False
+        self.guarded = None
+
+    def __deepcopy__(self, memo):
+        # a copy recomputes its masked weight for its own weight; a ``fixed`` copy keeps its (copied) mask
+        return _MaskState(self.key)
 
 
 class _MaskedWeight(torch.autograd.Function):
-    """The masked weight forward (precomputed); straight-through backward (+ SR-STE decay once per
-    weight version, or masked gradient for ``fixed``)."""
+    """The masked weight forward (precomputed); straight-through backward (the masked gradient for ``fixed``).
+    The SR-STE decay is not added here: the backward records it as owed, and the optimizer step adds it to the
+    unscaled gradient (nm_plugins.core.decay)."""
 
     @staticmethod
-    def forward(ctx, weight, mask, masked, method, decay, state, key, in_forward):
+    def forward(ctx, weight, mask, masked, layer, in_forward):
         ctx.save_for_backward(weight, mask)
-        ctx.method, ctx.decay, ctx.state, ctx.key, ctx.in_forward = method, decay, state, key, in_forward
+        ctx.layer, ctx.method, ctx.in_forward = layer, layer.method, in_forward
         return masked.view_as(masked)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, mask = ctx.saved_tensors
-        # In place only on the fresh gradient of the layer's own conv/linear: nothing else holds it.
-        in_place = ctx.in_forward and not grad_out.requires_grad
+        layer = ctx.layer
+        layer._state.through_forward = True
         if ctx.method == "fixed":
-            return masked_grad(grad_out, weight, mask, fixed=True, inplace=in_place), *(None,) * 7
-        grad = grad_out
-        if ctx.method == "srste" and ctx.decay != 0.0 and ctx.state.decay_key != ctx.key:
-            # Added once per weight version, i.e. once per optimizer step, however many micro-batches
-            # (gradient accumulation) or processes (DDP averages identical terms) contribute.
-            ctx.state.decay_key = ctx.key
-            grad = masked_grad(grad_out, weight, mask, ctx.decay, inplace=in_place)
-        return grad, *(None,) * 7
+            # In place only on the fresh gradient of the layer's own conv/linear: nothing else holds it.
+            in_place = ctx.in_forward and not grad_out.requires_grad
+            return masked_grad(grad_out, weight, mask, fixed=True, inplace=in_place), None, None, None, None
+        if ctx.method == "srste" and layer.decay != 0.0:
+            layer._state.calls += 1
+            mark_pending(layer)
+        return grad_out, None, None, None, None
+
+
+def _grad_arrived(layer_ref, param) -> None:
+    """Post-accumulate-grad hook of a sparse layer's weight: a gradient that did not come through the layer's
+    own forward means the model read ``layer.weight`` directly and computed with the dense weight."""
+    layer = layer_ref()
+    if layer is None or layer.weight is not param or layer.method == "dense":
+        return
+    if layer._state.through_forward:
+        layer._state.through_forward = False
+        return
+    raise RuntimeError(
+        f"the N:M layer {layer!r} received a gradient for its weight without its forward having run: the model "
+        f"reads this layer's .weight directly (e.g. F.linear(x, self.qkv.weight, ...)), so it computed with the "
+        f"dense weight while the layer is counted as sparse. Keep this layer dense (sparsify(..., exclude=...) or "
+        f"sparsify(..., example_inputs=...) which finds such layers), or call the layer itself")
 
 
 class SparseMixin:
@@ -57,32 +84,53 @@ class SparseMixin:
 
     weight: nn.Parameter
 
-    def _init_sparsity(self, pattern, method, decay):
+    def _init_sparsity(self, pattern, method, decay, decay_mode="step"):
         if method not in METHODS:
             raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
+        if decay_mode not in DECAY_MODES:
+            raise ValueError(f"unknown decay_mode {decay_mode!r}: expected 'step' (once per optimizer step) or "
+                             f"'call' (once per layer call, as the authors' code)")
         decay = float(decay)
         if decay < 0:
             raise ValueError(f"SR-STE decay must be >= 0, got {decay}")
         self.pattern = NMPattern.parse(pattern)
         self.method = method
         self.decay = decay if method == "srste" else 0.0
+        self.decay_mode = decay_mode
         check_groupable(self.weight.shape, self.pattern)
         self.register_buffer("nm_mask", torch.ones_like(self.weight, dtype=torch.bool))
         self._state = _MaskState()
+        self._guard()
+        if self.weight.device.type != "meta":
+            self.refresh_mask()  # real masks from the start, in the state_dict too
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("decay_mode", "step")
+        self._guard()  # deepcopy / unpickling: the copied weight gets its own guard
+
+    def _guard(self) -> None:
+        """Register the direct-read guard (:func:`_grad_arrived`) on the current weight Parameter."""
+        w = self.weight
+        if self._state.guarded is not None and self._state.guarded() is w:
+            return
+        if isinstance(w, nn.Parameter) and w.requires_grad:
+            w.register_post_accumulate_grad_hook(functools.partial(_grad_arrived, weakref.ref(self)))
+            self._state.guarded = weakref.ref(w)
 
     def _weight_key(self):
         w = self.weight
         return (w._version, w.data_ptr(), w.device)
 
     def mask(self) -> torch.Tensor:
-        """The current N:M mask; recomputed only when the dense weight changed since it was computed
-        (``fixed`` keeps its mask; ``dense`` computes it for tracking but never applies it)."""
+        """The current N:M mask; recomputed only when the dense weight changed (its version counter) since it was
+        computed (``fixed`` keeps its mask; ``dense`` computes it for tracking but never applies it)."""
         key = self._weight_key()
         if self._state.key is None or (self.method != "fixed" and self._state.key != key):
             # the masked weight comes with the mask in the same pass (not needed for ``dense``)
             masked = None if self.method == "dense" else self._masked_buffer()
             with torch.no_grad():
-                nm_mask(self.weight, self.pattern, out=self.nm_mask, masked=masked)
+                nm_mask(self.weight, self.pattern, out=self.nm_mask, masked=masked, check_finite=False)
             self._state.key = key
             if masked is not None:
                 self._state.masked_key = self._masked_key(key)
@@ -102,18 +150,16 @@ class SparseMixin:
 
     def _forward_weight(self) -> torch.Tensor:
         """The masked weight for the layer's own conv/linear: a view of the layer's persistent buffer
-        (rewritten in place when the weight changes); the conv's fresh weight gradient, which nothing
-        else holds, receives the decay in place."""
+        (rewritten in place when the weight changes)."""
         return self._masked_weight(in_forward=True)
 
+    @torch.compiler.disable
     def _masked_weight(self, in_forward: bool) -> torch.Tensor:
         if self.method == "dense":
             return self.weight
-        fused = self.__dict__.get("_fused_engine")  # set by nm_plugins.core.fused.FusedSRSTE
-        if fused is not None:
-            masked = fused.masked_weight(self)
-            if masked is not None:
-                return masked
+        self._guard()
+        if not torch.is_grad_enabled():
+            return self._fresh_masked_weight()
         mask, masked = self.mask(), self._masked_buffer()
         state = self._state
         masked_key = self._masked_key(self._weight_key())
@@ -121,9 +167,20 @@ class SparseMixin:
             with torch.no_grad():
                 torch.mul(self.weight, mask.view(torch.uint8), out=masked)
             state.masked_key = masked_key
-        if not torch.is_grad_enabled() or not self.weight.requires_grad:
+        if not self.weight.requires_grad:
             return masked.view_as(masked)
-        return _MaskedWeight.apply(self.weight, mask, masked, self.method, self.decay, state, state.key, in_forward)
+        return _MaskedWeight.apply(self.weight, mask, masked, self, in_forward)
+
+    def _fresh_masked_weight(self) -> torch.Tensor:
+        """Without gradients (evaluation, EMA / teacher models, inference): weight ⊙ mask from the weight as it
+        is now, however it was written (``.data`` writes and EMA swaps bypass the version counter), in new
+        tensors, so the training cache and any pending graph stay untouched."""
+        w = self.weight.detach()
+        if self.method == "fixed":
+            return w * self.nm_mask.view(torch.uint8)
+        masked = torch.empty_like(w)
+        nm_mask(w, self.pattern, out=torch.empty_like(w, dtype=torch.bool), masked=masked, check_finite=False)
+        return masked
 
     def _masked_key(self, weight_key) -> tuple:
         """What the masked-weight buffer depends on: the weight's version and the mask buffer's version."""
@@ -132,10 +189,27 @@ class SparseMixin:
     def _masked_buffer(self) -> torch.Tensor:
         """The layer's persistent masked-weight tensor (re-made when the weight's shape, dtype or device changed)."""
         w, buf = self.weight, self._state.masked
-        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device:
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype or buf.device != w.device \
+                or buf.stride() != w.stride():
             buf = self._state.masked = torch.empty_like(w, requires_grad=False, memory_format=torch.preserve_format)
             self._state.masked_key = None
         return buf
+
+    def _apply_decay(self, grad_scale=None) -> int:
+        """Add the owed SR-STE decay λ_W·(1−mask)⊙W to ``weight.grad`` (λ_W times the number of calls in
+        ``"call"`` mode; times ``grad_scale`` when the gradient still carries a loss scale). Returns 1 if added."""
+        calls, self._state.calls = self._state.calls, 0
+        grad = self.weight.grad
+        if not calls or grad is None or self.method != "srste" or self.decay == 0.0:
+            return 0
+        decay = self.decay * (calls if self.decay_mode == "call" else 1)
+        w = self.weight.detach()
+        with torch.no_grad():
+            if grad_scale is not None:
+                grad.addcmul_(w, (~self.nm_mask).to(grad.dtype).mul_(grad_scale * decay))
+            else:
+                masked_grad(grad, w, self.nm_mask, decay, inplace=True)
+        return 1
 
     def set_method(self, method: str, decay: float | None = None) -> None:
         """Switch the training method (e.g. to ``fixed`` for ASP fine-tuning), keeping the current mask."""
@@ -146,25 +220,38 @@ class SparseMixin:
         self.method = method
         self.decay = (DEFAULT_DECAY if decay is None else float(decay)) if method == "srste" else 0.0
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.method != "fixed" and self.weight.device.type != "meta":
+            self.refresh_mask()  # the mask of the weight being saved, however it was written
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "nm_mask"
         had_mask = key in state_dict
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if not had_mask:
-            # A dense checkpoint: the mask is derived from the loaded weight.
+            # A dense checkpoint: the mask is derived from the loaded weight (for ``fixed`` too).
             if key in missing_keys:
                 missing_keys.remove(key)
             self._state.key = None
         elif self.method == "fixed":
+            if not is_valid_nm_mask(self.nm_mask, self.pattern):
+                kept, total = int(self.nm_mask.sum()), self.nm_mask.numel()
+                error_msgs.append(
+                    f"{key}: the loaded mask of this fixed-mask layer is not a valid {self.pattern} mask (it keeps "
+                    f"{kept} of {total} weights; an all-ones mask comes from a model saved before its masks were "
+                    f"computed): training would not use the pattern the layer reports. Load a checkpoint with "
+                    f"{self.pattern} masks, or recompute them with refresh_masks(model) after loading the weights")
             self._state.key = self._weight_key()
         else:
-            self._state.key = None
+            self._state.key = None  # srste / ste / dense: masks follow the loaded weights
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pattern={self.pattern}, method={self.method}, decay={self.decay:g}"
+        mode = "" if self.decay_mode == "step" else f", decay_mode={self.decay_mode}"
+        return f"{super().extra_repr()}, pattern={self.pattern}, method={self.method}, decay={self.decay:g}{mode}"
 
     @classmethod
-    def from_dense(cls, module, pattern="2:4", method="srste", decay=DEFAULT_DECAY):
+    def from_dense(cls, module, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step"):
         """A sparse layer sharing ``module``'s weight and bias Parameters (optimizers keep working)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
@@ -172,7 +259,7 @@ class SparseMixin:
         new._parameters = dict(module._parameters)
         new._buffers = dict(module._buffers)
         new._modules = dict(module._modules)
-        new._init_sparsity(pattern, method, decay)
+        new._init_sparsity(pattern, method, decay, decay_mode)
         new.train(module.training)
         return new
 
@@ -180,9 +267,9 @@ class SparseMixin:
 class SparseConv2d(SparseMixin, nn.Conv2d):
     """nn.Conv2d whose forward uses weight ⊙ N:M mask; groups of M input channels at fixed (out, kh, kw)."""
 
-    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, **kwargs):
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_sparsity(pattern, method, decay)
+        self._init_sparsity(pattern, method, decay, decay_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self._forward_weight(), self.bias)
@@ -191,9 +278,9 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
 class SparseLinear(SparseMixin, nn.Linear):
     """nn.Linear whose forward uses weight ⊙ N:M mask (bias kept); groups of M consecutive input features."""
 
-    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, **kwargs):
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_sparsity(pattern, method, decay)
+        self._init_sparsity(pattern, method, decay, decay_mode)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self._forward_weight(), self.bias)

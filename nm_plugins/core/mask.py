@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .mask_triton import _strides3, nonfinite_seen_now, triton_nm_mask, triton_usable
 from .pattern import NMPattern
 
 
@@ -19,31 +20,37 @@ def grouped_axis_size(shape: torch.Size | tuple) -> int:
 
 
 def check_groupable(shape: torch.Size | tuple, pattern: NMPattern) -> None:
-    """Raise ValueError unless a weight of this shape can be split into groups of M input channels."""
-    size = grouped_axis_size(shape)
-    if size % pattern.m != 0:
-        raise ValueError(
-            f"weight of shape {tuple(shape)} cannot take the N:M pattern {pattern}: its input-channel axis "
-            f"(dim 1, size {size}) is not divisible by M={pattern.m}"
-        )
+    """Raise ValueError unless a weight of this shape has an input-channel axis (dim 1) to group."""
+    grouped_axis_size(shape)
+
+
+def partial_group_size(shape: torch.Size | tuple, pattern: NMPattern) -> int:
+    """Channels in the last, partial group of M input channels (0 when dim 1 is divisible by M). A partial
+    group of r channels is zero-padded to M: it keeps min(N, r) of its r weights, still a valid N:M group."""
+    return grouped_axis_size(shape) % pattern.m
 
 
 def to_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
     """View a weight [out, in, *k] as rows of M consecutive input channels: shape [-1, M].
 
-    Input channels are moved last so that each row holds M consecutive channels at a fixed (out, *k).
+    Input channels are moved last so that each row holds M consecutive channels at a fixed (out, *k); when
+    dim 1 is not divisible by M the last group of each row is zero-padded (a copy, not a view).
     """
-    if weight.dim() == 2:
-        return weight.reshape(-1, m)
-    return weight.movedim(1, -1).reshape(-1, m)
+    moved = weight if weight.dim() == 2 else weight.movedim(1, -1)
+    pad = -moved.shape[-1] % m
+    if pad:
+        moved = torch.nn.functional.pad(moved, (0, pad))
+    return moved.reshape(-1, m)
 
 
 def from_groups(groups: torch.Tensor, shape: torch.Size | tuple) -> torch.Tensor:
-    """Inverse of :func:`to_groups` for a weight of the given shape."""
-    if len(shape) == 2:
-        return groups.reshape(shape)
-    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    return groups.reshape(moved).movedim(-1, 1)
+    """Inverse of :func:`to_groups` for a weight of the given shape (padding dropped)."""
+    c = shape[1]
+    m = groups.shape[1]
+    padded = c + (-c % m)
+    moved = (shape[0],) + tuple(shape[2:]) + (padded,)
+    out = groups.reshape(moved)[..., :c]
+    return out if len(shape) == 2 else out.movedim(-1, 1)
 
 
 def group_topn(groups: torch.Tensor, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,6 +97,7 @@ def _load_kernel():
 _KERNEL = _load_kernel()
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _KERNEL_OUT_DTYPES = (torch.float32, torch.float64)  # masked weights / gradients written by the kernel
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def mask_backend() -> str:
@@ -109,6 +117,13 @@ def _kernel_fits(*tensors: torch.Tensor) -> bool:
 
 def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None,
                  masked: torch.Tensor | None = None) -> torch.Tensor:
+    if grouped_axis_size(w.shape) % pattern.m:  # the kernel takes whole groups: zero-pad the last one
+        padded = torch.nn.functional.pad(w.movedim(1, -1), (0, -w.shape[1] % pattern.m)).movedim(-1, 1)
+        mask = _kernel_mask(padded.contiguous(), pattern, None)[:, : w.shape[1]]
+        out = mask.contiguous() if out is None else out.copy_(mask)
+        if masked is not None:
+            torch.mul(w, out.view(torch.uint8), out=masked)
+        return out
     src = (w if w.dtype in (torch.float32, torch.float64) else w.float()).contiguous()
     if out is None or not out.is_contiguous():
         out = torch.empty(w.shape, dtype=torch.bool)
@@ -133,16 +148,33 @@ def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None,
     return out
 
 
+def _triton_mask(w: torch.Tensor, pattern: NMPattern, out, masked, check_finite: bool) -> torch.Tensor:
+    if _strides3(w) is None:
+        w = w.contiguous()
+    mask_out = out if out is not None and out.stride() == w.stride() else torch.empty_like(w, dtype=torch.bool)
+    masked_out = masked if masked is not None and masked.stride() == w.stride() else torch.empty_like(w)
+    triton_nm_mask(w, pattern.n, pattern.m, mask_out, masked_out)
+    if check_finite and nonfinite_seen_now(w.device):
+        raise _nonfinite_error(w.shape)
+    if out is not None and mask_out is not out:
+        out.copy_(mask_out)
+    if masked is not None and masked_out is not masked:
+        masked.copy_(masked_out)
+    return mask_out if out is None else out
+
+
 def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor | None = None,
-            masked: torch.Tensor | None = None) -> torch.Tensor:
+            masked: torch.Tensor | None = None, check_finite: bool = True) -> torch.Tensor:
     """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
     largest |w| are True (ties keep the lower index).
 
     Linear [out, in]: groups of M consecutive input features in a row; Conv [out, in, kh, kw]: M
-    consecutive input channels at a fixed (out, kh, kw). Raises ValueError when dim 1 is not divisible
-    by M or when the weight holds NaN/inf. ``out``: a bool tensor of the weight's shape to write the mask into;
-    ``masked``: a tensor of the weight's shape and dtype that also receives ``weight * mask`` (in the same
-    pass over the weight on the CPU).
+    consecutive input channels at a fixed (out, kh, kw). When dim 1 is not divisible by M the last group of
+    each row is zero-padded: it keeps min(N, r) of its r channels. Raises ValueError when the weight holds
+    NaN/inf (on CUDA ``check_finite=False`` skips that host synchronisation: the layers check one step late).
+    ``out``: a bool tensor of the weight's shape to write the mask into; ``masked``: a tensor of the weight's
+    shape and dtype that also receives ``weight * mask`` (in the same pass over the weight). Runs the compiled
+    C kernel on the CPU, a Triton kernel on CUDA, plain PyTorch elsewhere: the same masks.
     """
     pattern = NMPattern.parse(pattern)
     check_groupable(weight.shape, pattern)
@@ -151,6 +183,8 @@ def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor 
     if masked is not None and (masked.shape != weight.shape or masked.dtype != weight.dtype or masked.device != weight.device):
         raise ValueError(f"nm_mask masked= must be a {weight.dtype} tensor of shape {tuple(weight.shape)} on {weight.device}")
     w = weight.detach()
+    if w.dtype in _TRITON_DTYPES and pattern.m <= 64 and triton_usable(w):
+        return _triton_mask(w, pattern, out, masked, check_finite)
     if _KERNEL is not None and w.device.type == "cpu" and w.dtype in _KERNEL_DTYPES and pattern.m <= 64:
         mask = _kernel_mask(w, pattern, out, masked)
         if out is not None and mask is not out:
@@ -191,9 +225,9 @@ def masked_grad(grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, de
 
 
 def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
-    """True when ``mask`` keeps exactly N entries in every group of M input channels."""
+    """True when ``mask`` keeps exactly N entries in every group of M input channels (min(N, r) in a last
+    partial group of r channels)."""
     pattern = NMPattern.parse(pattern)
-    if grouped_axis_size(mask.shape) % pattern.m != 0:
-        return False
     counts = to_groups(mask.to(torch.int32), pattern.m).sum(dim=1)
-    return bool((counts == pattern.n).all())
+    sizes = to_groups(torch.ones_like(mask, dtype=torch.int32), pattern.m).sum(dim=1)
+    return bool((counts == sizes.clamp(max=pattern.n)).all())

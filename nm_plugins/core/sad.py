@@ -53,10 +53,27 @@ class SADTracker:
         """Initial and previous masks, for checkpoints (a resumed run continues the same SAD curve)."""
         return {"initial": self.initial, "previous": self.previous, "history": self.history}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.initial, self.previous = state["initial"], state["previous"]
+    def load_state_dict(self, state: dict) -> dict:
+        """Restore what :meth:`state_dict` returned, for the layers the model has now.
+
+        A layer of the model that the state does not hold (or holds with another mask shape) keeps its
+        current mask as its baseline (initial and previous); saved layers the model no longer has are
+        dropped. Returns ``{"restored": [...], "new": [...], "dropped": [...]}`` (layer names).
+        """
+        current = self._snapshot()
+        initial, previous = state["initial"], state["previous"]
+        out = {"restored": [], "new": [], "dropped": sorted(set(initial) - set(current))}
+        self.initial, self.previous = {}, {}
+        for name, mask in current.items():
+            saved_init, saved_prev = initial.get(name), previous.get(name, initial.get(name))
+            if saved_init is None or saved_init.shape != mask.shape or saved_prev.shape != mask.shape:
+                self.initial[name] = self.previous[name] = mask
+                out["new"].append(name)
+            else:
+                self.initial[name], self.previous[name] = saved_init.to(mask.device), saved_prev.to(mask.device)
+                out["restored"].append(name)
         self.history = list(state.get("history", []))
+        return out
 
     @staticmethod
     def by_stage(record: dict, depth: int = 1) -> dict:

@@ -1,12 +1,17 @@
-"""Model-level API: sparsify a model in place, one-shot pruning (ASP), dense export."""
+"""Model-level API: sparsify a model in place (classifier and stem found by role, layers whose weight is read
+outside their own forward found by a probe forward), one-shot pruning (ASP), dense export."""
 from __future__ import annotations
 
 import copy
 import fnmatch
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .layers import DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
 from .pattern import NMPattern
@@ -53,24 +58,160 @@ class SparsityReport:
         return "\n".join(lines)
 
 
-def find_classifier(model: nn.Module) -> str | None:
-    """Name of the model's final classifier: timm's ``get_classifier()`` if present, else the last nn.Linear."""
+_METADATA_CALLS = {"__get__", "size", "dim", "ndimension", "numel", "nelement", "stride", "storage_offset",
+                   "element_size", "is_contiguous", "is_floating_point", "is_complex", "get_device", "data_ptr",
+                   "__len__", "__repr__", "__format__"}
+
+
+@dataclass
+class ProbeResult:
+    """What one forward of a model showed about its Conv2d/Linear layers (see :func:`probe_layers`)."""
+
+    ran: set = field(default_factory=set)               # layers whose own forward ran
+    read_directly: dict = field(default_factory=dict)   # layer -> module that used its weight outside its forward
+    reads_input: list = field(default_factory=list)     # layers fed the model's input tensor itself (the stem)
+    gives_output: list = field(default_factory=list)    # layers whose output the model returns (the classifier)
+
+
+class _WeightReads(TorchFunctionMode):
+    """Records every torch call that uses a layer's weight while that layer's own forward is not running."""
+
+    def __init__(self, owners: dict, stack: list, reads: dict):
+        super().__init__()
+        self.owners, self.stack, self.reads = owners, stack, reads
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") not in _METADATA_CALLS:
+            for leaf in tree_flatten((args, kwargs))[0]:
+                names = self.owners.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+                if names and not any(n in self.stack for n in names):
+                    for n in names:
+                        self.reads.setdefault(n, self.stack[-1] if self.stack else "")
+        return func(*args, **kwargs)
+
+
+def probe_layers(model: nn.Module, example_inputs) -> ProbeResult:
+    """Run ``model(*example_inputs)`` once (eval mode, no gradients, training mode restored) and record, for every
+    Conv2d/Linear: whether its forward ran, whether some other module used its weight directly (e.g.
+    ``F.linear(x, self.qkv.weight, bias)`` in the parent: the layer then computes with whatever weight the parent
+    reads, never through its own forward), whether it reads the model's input, whether the model returns its output."""
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    input_leaves = [t for t in tree_flatten(list(inputs))[0] if isinstance(t, torch.Tensor)]
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    owners: dict = {}
+    for n, m in layers.items():
+        owners.setdefault(id(m.weight), []).append(n)
+    result, stack, outputs = ProbeResult(), [], []
+
+    def enter(name):
+        def hook(module, args):
+            stack.append(name)
+            if name in layers:
+                result.ran.add(name)
+                if any(a is t for a in tree_flatten(list(args))[0] for t in input_leaves) \
+                        and name not in result.reads_input:
+                    result.reads_input.append(name)
+        return hook
+
+    def leave(name):
+        def hook(module, args, output):
+            if stack and stack[-1] == name:
+                stack.pop()
+            if name in layers and isinstance(output, torch.Tensor):
+                outputs.append((name, weakref.ref(output)))
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave(name), always_call=True))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), _WeightReads(owners, stack, result.read_directly):
+            out = model(*inputs)
+        returned = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        for name, ref in outputs:
+            t = ref()
+            if t is not None and any(t is r for r in returned) and name not in result.gives_output:
+                result.gives_output.append(name)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return result
+
+
+def _layer_names(model: nn.Module, module) -> list:
+    """Names of the Conv2d/Linear layers in ``module`` (a submodule of ``model``), itself included."""
     names = {id(m): n for n, m in model.named_modules()}
+    if not isinstance(module, nn.Module) or id(module) not in names:
+        return []
+    return [n for n, m in module.named_modules(prefix=names[id(module)]) if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _timm_cfg(model: nn.Module) -> dict | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    return cfg if isinstance(cfg, Mapping) else None
+
+
+def _resolve(model: nn.Module, names) -> list:
+    """The Conv2d/Linear layers behind timm's cfg names, also in timm's feature wrappers (``features_only``
+    flattens ``stem.0`` to ``stem_0``; some wrappers hold the model as ``model``)."""
+    names = [names] if isinstance(names, str) else list(names or ())
+    found = []
+    for name in names:
+        for candidate in (name, name.replace(".", "_", 1), f"model.{name}"):
+            try:
+                module = model.get_submodule(candidate)
+            except AttributeError:
+                continue
+            found += [n for n in _layer_names(model, module) if n not in found]
+            break
+    return found
+
+
+def find_classifiers(model: nn.Module, probe: ProbeResult | None = None) -> list:
+    """Names of the model's classifier layers, found by role: everything timm's ``get_classifier()`` returns (a
+    distilled model's ``head`` and ``head_dist`` alike; none for ``num_classes=0``); for other timm models (e.g.
+    ``features_only``) the ``pretrained_cfg['classifier']`` names that exist (usually none); otherwise the layers
+    whose output the model returns (with a ``probe``), else the last nn.Linear."""
     getter = getattr(model, "get_classifier", None)
     if callable(getter):
         try:
             head = getter()
-        except Exception:  # some models raise when asked without a head
+        except Exception:  # noqa: BLE001 - a head that cannot be asked for is no head we can find
             head = None
-        if isinstance(head, nn.Module) and id(head) in names:
-            for name, m in head.named_modules(prefix=names[id(head)]):
-                if isinstance(m, nn.Linear) or isinstance(m, nn.Conv2d):
-                    return name
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            last = name
-    return last
+        heads = head if isinstance(head, (tuple, list)) else (head,)
+        found = []
+        for h in heads:
+            found += [n for n in _layer_names(model, h) if n not in found]
+        return found
+    cfg = _timm_cfg(model)
+    if cfg is not None:  # a timm model without get_classifier(): a features_only wrapper, its head removed
+        return _resolve(model, cfg.get("classifier"))
+    if probe is not None:
+        return list(probe.gives_output)
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return last[-1:]
+
+
+def find_classifier(model: nn.Module) -> str | None:
+    """Name of the model's (first) classifier layer, or None (see :func:`find_classifiers`)."""
+    found = find_classifiers(model)
+    return found[0] if found else None
+
+
+def find_stem(model: nn.Module, probe: ProbeResult | None = None) -> list:
+    """Names of the stem layers (those that see the raw input), found by role: timm's
+    ``pretrained_cfg['first_conv']`` where it names layers of the model, and (with a ``probe``) every layer fed
+    the model's input tensor itself. Without either, none."""
+    cfg = _timm_cfg(model)
+    found = _resolve(model, cfg.get("first_conv")) if cfg is not None else []
+    if probe is not None:
+        found += [n for n in probe.reads_input if n not in found]
+    return found
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -90,35 +231,90 @@ def _dense_reason(module: nn.Module, pattern: NMPattern) -> str | None:
     return None
 
 
+READ_DIRECTLY = "weight read directly by its parent; its forward never runs"
+READ_ELSEWHERE = "weight also read outside its own forward (shared or read by its parent)"
+
+
+def _let_own_forward_run(model: nn.Module, name: str) -> bool:
+    """timm's BEiT / EVA / Swin-V2 attention computes ``F.linear(x, self.qkv.weight, qkv_bias)`` unless its flag
+    ``qkv_bias_separate`` is set, then ``self.qkv(x) + qkv_bias`` (the same result): set it, so ``qkv``'s own
+    forward (and its N:M mask) is used. True if set."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if child == "qkv" and getattr(parent, "qkv_bias_separate", None) is False:
+        parent.qkv_bias_separate = True
+        return True
+    return False
+
+
+def _plain(layer: nn.Module) -> nn.Module:
+    """A plain nn.Conv2d / nn.Linear sharing ``layer``'s weight and bias Parameters (its mask dropped)."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    plain = base.__new__(base)
+    nn.Module.__init__(plain)
+    plain.__dict__.update({k: v for k, v in layer.__dict__.items()
+                           if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay",
+                                        "decay_mode", "_state")})
+    plain._parameters = {"weight": layer.weight, "bias": layer.bias}
+    plain._buffers, plain._modules = {}, {}
+    return plain
+
+
 def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: float = DEFAULT_DECAY,
-             exclude=(), keep_classifier_dense: bool = True) -> SparsityReport:
+             exclude=(), keep_classifier_dense: bool = True, keep_stem_dense: bool = True,
+             example_inputs=None) -> SparsityReport:
     """Replace, in place and keeping the weight Parameters, every nn.Conv2d / nn.Linear whose input-channel
     axis is divisible by M with its N:M counterpart; return a :class:`SparsityReport`.
 
-    Layers that cannot be grouped, layers whose name matches a pattern in ``exclude`` (fnmatch), and (by
-    default) the final classifier stay dense. Layers that are already N:M get the new pattern's settings.
+    Stay dense: layers that cannot be grouped, layers whose name matches a pattern in ``exclude`` (fnmatch),
+    by default the classifier(s) (:func:`find_classifiers`) and the stem (:func:`find_stem`), and, when
+    ``example_inputs`` (a tensor or tuple the model accepts) is given, every layer whose weight the model reads
+    outside the layer's own forward (found by one forward, :func:`probe_layers`; timm's BEiT/EVA/Swin-V2
+    ``qkv`` is made to run its own forward instead). Layers that are already N:M get the new settings, or
+    become plain dense layers again when they now stay dense.
     """
     pattern = NMPattern.parse(pattern)
     if method not in METHODS:
         raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
     if isinstance(exclude, str):
         exclude = (exclude,)
-    classifier = find_classifier(model) if keep_classifier_dense else None
-    report = SparsityReport(pattern, method)
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
-            continue
-        kind = type(module).__name__
-        shape = tuple(module.weight.shape)
+    probe = probe_layers(model, example_inputs) if example_inputs is not None else None
+    classifiers = set(find_classifiers(model, probe)) if keep_classifier_dense else set()
+    stem = set(find_stem(model, probe)) if keep_stem_dense else set()
+
+    def reason_for(name, module):
         if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
-            reason = "excluded"
-        elif name == classifier:
-            reason = "classifier kept dense"
+            return "excluded"
+        if name in classifiers:
+            return "classifier kept dense"
+        base = next((b for b in SPARSE_TYPES if isinstance(module, b)), None) if isinstance(module, SparseMixin) \
+            else None
+        reason = _dense_reason(module if base is None else _plain(module), pattern)
+        if reason is None and name in stem:
+            reason = "stem (first layer, sees the raw input) kept dense"
+        return reason
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    reasons = {n: reason_for(n, m) for n, m in layers}
+    notes = {}
+    if probe is not None:
+        enabled = [n for n in probe.read_directly
+                   if reasons.get(n) is None and n not in probe.ran and _let_own_forward_run(model, n)]
+        if enabled:
+            probe = probe_layers(model, example_inputs)
+            notes = {n: "its parent's qkv_bias_separate set, so its own forward runs" for n in enabled}
+        for n in probe.read_directly:
+            if reasons.get(n) is None:
+                reasons[n] = READ_ELSEWHERE if n in probe.ran else READ_DIRECTLY
+    report = SparsityReport(pattern, method)
+    for name, module in layers:
+        reason, shape = reasons[name], tuple(module.weight.shape)
+        if reason is not None:
+            kind = type(module).__name__
+            if isinstance(module, SparseMixin):
+                _set_module(model, name, _plain(module))
+                kind = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
         else:
-            reason = _dense_reason(module, pattern) if not isinstance(module, SparseMixin) else None
-            if isinstance(module, SparseMixin) and module.weight.shape[1] % pattern.m:
-                reason = f"{module.weight.shape[1]} input channels not divisible by M={pattern.m}"
-        if reason is None:
             base = next(b for b in SPARSE_TYPES if isinstance(module, b))
             if isinstance(module, SparseMixin):
                 module.pattern = pattern
@@ -127,15 +323,17 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             else:
                 _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, method, decay))
             kind = SPARSE_TYPES[base].__name__
-        report.layers.append(LayerEntry(name, kind, shape, reason is None, reason or ""))
+        report.layers.append(LayerEntry(name, kind, shape, reason is None, reason or notes.get(name, "")))
     return report
 
 
-def prune_once(model: nn.Module, pattern="2:4", exclude=(), keep_classifier_dense: bool = True) -> SparsityReport:
+def prune_once(model: nn.Module, pattern="2:4", exclude=(), keep_classifier_dense: bool = True,
+               keep_stem_dense: bool = True, example_inputs=None) -> SparsityReport:
     """ASP baseline: one-shot magnitude N:M masks from the model's current (trained) weights, frozen for
-    ``fixed`` fine-tuning (pruned weights get zero gradient and stay masked)."""
+    ``fixed`` fine-tuning (pruned weights get zero gradient and stay masked). Arguments as :func:`sparsify`."""
     report = sparsify(model, pattern, method="fixed", decay=0.0, exclude=exclude,
-                      keep_classifier_dense=keep_classifier_dense)
+                      keep_classifier_dense=keep_classifier_dense, keep_stem_dense=keep_stem_dense,
+                      example_inputs=example_inputs)
     with torch.no_grad():
         for _, layer in sparse_layers(model):
             layer.weight.mul_(layer.refresh_mask())  # the frozen mask is kept; pruned weights become 0
