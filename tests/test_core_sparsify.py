@@ -17,7 +17,7 @@ def test_resnet18_report():
     model = timm.create_model("resnet18", num_classes=10)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     report = sparsify(model, "2:4")
-    assert report.dense_layers == {"conv1": "3 input channels not divisible by M=4", "fc": "classifier kept dense"}
+    assert report.dense_layers == {"conv1": "stem (first layer, sees the raw input) kept dense", "fc": "classifier kept dense"}
     assert set(report.sparse_layers) == set(convs) - {"conv1"}
     assert isinstance(model.layer1[0].conv1, SparseConv2d)
     assert type(model.conv1) is nn.Conv2d and type(model.fc) is nn.Linear
@@ -43,7 +43,7 @@ def test_vit_linear_layers_and_head():
     model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8)
     report = sparsify(model, "2:4")
     assert report.dense_layers["head"] == "classifier kept dense"
-    assert report.dense_layers["patch_embed.proj"] == "3 input channels not divisible by M=4"
+    assert report.dense_layers["patch_embed.proj"] == "stem (first layer, sees the raw input) kept dense"
     assert "blocks.0.attn.qkv" in report.sparse_layers and "blocks.11.mlp.fc2" in report.sparse_layers
     assert isinstance(model.blocks[0].mlp.fc1, SparseLinear)
     out = model(torch.randn(2, 3, 32, 32))

@@ -100,6 +100,17 @@ _KERNEL_OUT_DTYPES = (torch.float32, torch.float64)  # masked weights / gradient
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def mask_implementation(weight: torch.Tensor, pattern: "NMPattern | str" = "2:4") -> str:
+    """Which implementation :func:`nm_mask` (and so every N:M layer) uses for this weight: ``"triton"`` (CUDA),
+    ``"c-kernel"`` (CPU, compiled) or ``"torch"`` (anything else, or no compiler / no Triton)."""
+    m = NMPattern.parse(pattern).m
+    if weight.dtype in _TRITON_DTYPES and m <= 64 and triton_usable(weight):
+        return "triton"
+    if _KERNEL is not None and weight.device.type == "cpu" and weight.dtype in _KERNEL_DTYPES and m <= 64:
+        return "c-kernel"
+    return "torch"
+
+
 def mask_backend() -> str:
     """Which implementation :func:`nm_mask` uses for CPU tensors: ``"kernel"`` (compiled C) or ``"torch"``."""
     return "kernel" if _KERNEL is not None else "torch"

@@ -13,6 +13,7 @@ import os
 import torch
 
 _KERNEL = {}
+LAUNCHES = [0]  # kernel launches so far (tests check which implementation the layers take)
 _FLAGS = {}  # device -> [device int32 flag, pinned host copy, CUDA event of that copy or None]
 
 
@@ -111,6 +112,7 @@ def triton_nm_mask(weight: torch.Tensor, n: int, m: int, out: torch.Tensor, mask
     block = max(1, 1024 // m_pow2)
     k_fastest = k > 1 and strides[2] < strides[1]
     grid = (-(-num_groups // block),)
+    LAUNCHES[0] += 1
     _kernel()[grid](weight, out.view(torch.uint8), masked, _flag(weight.device), num_groups, c, k, groups_per_row,
                     *strides, N=n, M=m, M_POW2=m_pow2, BLOCK=block, K_FASTEST=k_fastest)
     torch.autograd.graph.increment_version(out)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .layers import DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
+from .layers import DECAY_MODES, DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
 from .pattern import NMPattern
 
 
@@ -92,7 +92,7 @@ class _WeightReads(TorchFunctionMode):
 
 
 def probe_layers(model: nn.Module, example_inputs) -> ProbeResult:
-    """Run ``model(*example_inputs)`` once (eval mode, no gradients, training mode restored) and record, for every
+    """Run ``model(*example_inputs)`` once (eval mode, no gradients, every module's mode restored) and record, for every
     Conv2d/Linear: whether its forward ran, whether some other module used its weight directly (e.g.
     ``F.linear(x, self.qkv.weight, bias)`` in the parent: the layer then computes with whatever weight the parent
     reads, never through its own forward), whether it reads the model's input, whether the model returns its output."""
@@ -126,7 +126,7 @@ def probe_layers(model: nn.Module, example_inputs) -> ProbeResult:
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave(name), always_call=True))
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each module's own mode (e.g. frozen norms) comes back
     try:
         model.eval()
         with torch.no_grad(), _WeightReads(owners, stack, result.read_directly):
@@ -137,7 +137,8 @@ def probe_layers(model: nn.Module, example_inputs) -> ProbeResult:
             if t is not None and any(t is r for r in returned) and name not in result.gives_output:
                 result.gives_output.append(name)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     return result
@@ -225,9 +226,14 @@ def _dense_reason(module: nn.Module, pattern: NMPattern) -> str | None:
         return f"{type(module).__name__} is not a plain Conv2d/Linear"
     if isinstance(module, nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1:
         return "depthwise conv: one input channel per group"
-    size = module.weight.shape[1]
-    if size % pattern.m != 0:
-        return f"{size} input channels not divisible by M={pattern.m}"
+    return _nothing_to_prune(module.weight.shape[1], pattern)
+
+
+def _nothing_to_prune(size: int, pattern: NMPattern) -> str | None:
+    """Why a layer with ``size`` input channels per group keeps every weight under ``pattern`` (None if not).
+    Channels not divisible by M are fine: the last group of each row is zero-padded (see nm_mask)."""
+    if size <= pattern.n:
+        return f"{size} input channels <= N={pattern.n}: an N:M mask keeps every weight"
     return None
 
 
@@ -262,9 +268,11 @@ def _plain(layer: nn.Module) -> nn.Module:
 
 def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: float = DEFAULT_DECAY,
              exclude=(), keep_classifier_dense: bool = True, keep_stem_dense: bool = True,
-             example_inputs=None) -> SparsityReport:
-    """Replace, in place and keeping the weight Parameters, every nn.Conv2d / nn.Linear whose input-channel
-    axis is divisible by M with its N:M counterpart; return a :class:`SparsityReport`.
+             example_inputs=None, decay_mode: str = "step") -> SparsityReport:
+    """Replace, in place and keeping the weight Parameters, every nn.Conv2d / nn.Linear with its N:M counterpart
+    (input channels not divisible by M: the last group is zero-padded, noted in the report); return a
+    :class:`SparsityReport`. ``decay_mode``: ``"step"`` (λ_W once per optimizer step) or ``"call"`` (once per
+    layer call, as the authors' code).
 
     Stay dense: layers that cannot be grouped, layers whose name matches a pattern in ``exclude`` (fnmatch),
     by default the classifier(s) (:func:`find_classifiers`) and the stem (:func:`find_stem`), and, when
@@ -276,6 +284,8 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
     pattern = NMPattern.parse(pattern)
     if method not in METHODS:
         raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
+    if decay_mode not in DECAY_MODES:
+        raise ValueError(f"unknown decay_mode {decay_mode!r}: expected one of {', '.join(DECAY_MODES)}")
     if isinstance(exclude, str):
         exclude = (exclude,)
     probe = probe_layers(model, example_inputs) if example_inputs is not None else None
@@ -287,9 +297,10 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             return "excluded"
         if name in classifiers:
             return "classifier kept dense"
-        base = next((b for b in SPARSE_TYPES if isinstance(module, b)), None) if isinstance(module, SparseMixin) \
-            else None
-        reason = _dense_reason(module if base is None else _plain(module), pattern)
+        if isinstance(module, SparseMixin):  # already N:M: only the new M can rule it out
+            reason = _nothing_to_prune(module.weight.shape[1], pattern)
+        else:
+            reason = _dense_reason(module, pattern)
         if reason is None and name in stem:
             reason = "stem (first layer, sees the raw input) kept dense"
         return reason
@@ -312,6 +323,7 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
         if reason is not None:
             kind = type(module).__name__
             if isinstance(module, SparseMixin):
+                module.set_method("dense")  # the old layer masks nothing (and its weight guard stands down)
                 _set_module(model, name, _plain(module))
                 kind = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
         else:
@@ -319,10 +331,13 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             if isinstance(module, SparseMixin):
                 module.pattern = pattern
                 module.set_method(method, decay)
+                module.decay_mode = decay_mode
                 module.refresh_mask()
             else:
-                _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, method, decay))
+                _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, method, decay, decay_mode))
             kind = SPARSE_TYPES[base].__name__
+            if shape[1] % pattern.m:
+                notes[name] = f"partial group: the last {shape[1] % pattern.m} of {shape[1]} channels zero-padded"
         report.layers.append(LayerEntry(name, kind, shape, reason is None, reason or notes.get(name, "")))
     return report
 

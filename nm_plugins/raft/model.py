@@ -10,22 +10,27 @@ from torchvision.models.optical_flow import raft_large, raft_small
 from nm_plugins.core import SparsityReport, sparsify
 
 BUILDERS = {"large": raft_large, "small": raft_small}
+RGB_STEMS = ("feature_encoder.convnormrelu.0", "context_encoder.convnormrelu.0")  # the two encoders' first convs
 
 
 def create(size: str = "large", pattern="2:4", method: str = "srste", decay: float = 2e-4,
-           weights: "str | Path | None" = None) -> nn.Module:
+           weights: "str | Path | None" = None, decay_mode: str = "step") -> nn.Module:
     """A torchvision RAFT (``size`` "large" or "small") whose convolutions are N:M through
     :func:`nm_plugins.sparsify`; ``method="dense"`` gives the dense baseline through the same path.
 
-    Convolutions whose input channels cannot be grouped by M (the RGB stems, the 2-channel flow input of the
-    motion encoder, ...) stay dense; the :class:`SparsityReport` is kept as ``model.sparsity_report``.
+    The RGB stems of both encoders stay dense (reported as excluded), and so does any conv whose N:M mask would
+    keep every weight (the 2-channel flow input of the motion encoder under 2:4); convs whose input channels are
+    not divisible by M (raft_small's GRU, 242 channels) are N:M with a zero-padded last group. ``decay_mode``:
+    ``"step"`` or ``"call"`` (the authors' code: λ_W for each of the recurrent block's calls). The
+    :class:`SparsityReport` is kept as ``model.sparsity_report``.
     ``weights``: a local checkpoint file (a torchvision RAFT state_dict, or a checkpoint of this project's
     trainer) loaded after sparsifying, so masks of a dense checkpoint are derived from its weights.
     """
     if size not in BUILDERS:
         raise ValueError(f"unknown RAFT size {size!r}: expected one of {', '.join(BUILDERS)}")
     model = BUILDERS[size](weights=None, progress=False)
-    report = sparsify(model, pattern=pattern, method=method, decay=decay, keep_classifier_dense=False)
+    report = sparsify(model, pattern=pattern, method=method, decay=decay, keep_classifier_dense=False,
+                      exclude=RGB_STEMS, decay_mode=decay_mode)
     model.sparsity_report = report
     if weights is not None:
         load_weights(model, weights)
