@@ -237,3 +237,12 @@ def test_resparsified_model_and_added_layers_follow_their_new_settings():
     for _, layer in nm.sparse_layers(net):
         assert is_valid_nm_mask(layer.mask(), layer.pattern)
     assert str(net[-1].pattern) == "2:8" and str(net[0].pattern) == "1:4"
+
+
+def test_a_whole_sparse_model_pickles_and_keeps_training(tmp_path):
+    net = small_net()
+    train(net, steps=1)
+    torch.save(net, tmp_path / "model.pt")
+    back = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert all(torch.equal(a.mask(), b.mask()) for (_, a), (_, b) in zip(nm.sparse_layers(net), nm.sparse_layers(back)))
+    assert all(torch.equal(a, b) for a, b in zip(train(net, steps=2), train(back, steps=2)))

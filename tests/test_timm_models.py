@@ -4,7 +4,7 @@ import timm
 import torch
 
 import nm_plugins.timm as nmt
-from nm_plugins import count_params_flops, is_valid_nm_mask, nm_mask, sparse_layers
+from nm_plugins import count_params_flops, export_dense, is_valid_nm_mask, nm_mask, sparse_layers
 
 REQUIRED = ([f"nm_resnet50_{m}_{p}" for m in ("srste", "ste", "asp") for p in ("2_4", "4_8", "1_4", "2_8")]
             + ["nm_resnet50x1_25_srste_2_8"] + [f"nm_resnet18_{m}_2_4" for m in ("srste", "ste", "asp")])
@@ -32,9 +32,15 @@ def test_registered_model_layers_follow_the_name(name, method, pattern):
 
 def test_paper_param_counts():
     params_24, flops_24 = count_params_flops(timm.create_model("nm_resnet50_srste_2_4"), (1, 3, 224, 224))
-    params_125, _ = count_params_flops(timm.create_model("nm_resnet50x1_25_srste_2_8"), (1, 3, 224, 224))
+    wide = timm.create_model("nm_resnet50x1_25_srste_2_8")
+    params_125, _ = count_params_flops(wide, (1, 3, 224, 224))
     assert abs(params_24 / 1e6 - 13.8) < 0.1      # paper: 13.8M
-    assert abs(params_125 / 1e6 - 11.8) < 0.1     # paper: 11.8M (1.25x width, 2:8)
+    assert abs(params_125 / 1e6 - 11.8) < 0.05    # paper: 11.8M (1.25x width, 2:8)
+    # every width times 1.25, the stem included (timm's plain ResNet stem ignores stem_width)
+    assert wide.conv1.out_channels == wide.bn1.num_features == 80 and type(wide.conv1) is torch.nn.Conv2d
+    assert wide.layer1[0].conv1.in_channels == wide.layer1[0].downsample[0].in_channels == 80
+    assert [wide.get_submodule(f"layer{i}")[0].conv3.out_channels for i in (1, 2, 3, 4)] == [320, 640, 1280, 2560]
+    assert wide(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     dense_params, dense_flops = count_params_flops(timm.create_model("resnet50"), (1, 3, 224, 224))
     assert abs(dense_params / 1e6 - 25.6) < 0.1 and abs(dense_flops / 1e9 - 4.09) < 0.01
     assert 0.5 < flops_24 / dense_flops < 0.53
@@ -79,3 +85,33 @@ def test_local_dense_checkpoint_loads_into_sparse_model(tmp_path):
     assert all(torch.equal(a.mask(), b.mask()) for (_, a), (_, b) in zip(sparse_layers(sparse), sparse_layers(again)))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         nmt.create_model("resnet18", checkpoint_path=tmp_path / "missing.pth")
+
+
+def test_sparse_checkpoint_into_dense_layers_raises(tmp_path):
+    sparse = nmt.create_model("resnet18", pattern="2:4", num_classes=10)
+    path = tmp_path / "sparse.pth"
+    torch.save({"model": sparse.state_dict()}, path)
+    # layer4 dense here: the file's layer4 masks would be dropped and the unmasked master weights used
+    with pytest.raises(ValueError, match="layer4.0.conv1"):
+        nmt.create_model("resnet18", pattern="2:4", num_classes=10, exclude=("layer4.*",), checkpoint_path=path)
+    dense_layer4 = nmt.create_model("resnet18", pattern="2:4", num_classes=10, exclude=("layer4.*",))
+    with pytest.raises(ValueError, match="layer4.0.conv1"):
+        nmt.load_local_checkpoint(dense_layer4, path, strict=False)
+    with pytest.raises(ValueError, match="export_dense"):
+        dense_layer4.load_state_dict(sparse.state_dict(), strict=False)  # the model's own load is checked too
+    # the dense export loads into any model, a plain timm one included
+    plain = timm.create_model("resnet18", num_classes=10)
+    plain.load_state_dict(export_dense(sparse).state_dict())
+
+
+def test_authors_checkpoint_is_converted_on_load(tmp_path):
+    from nm_plugins.timm.authors import authors_stem_mask
+    theirs = timm.create_model("resnet18", num_classes=10)  # their ResNetV1 uses the same key names
+    path = tmp_path / "model-best.pth"
+    torch.save({"epoch": 120, "model": "resnet18", "best_prec1": 71.2,
+                "state_dict": {"module." + k: v for k, v in theirs.state_dict().items()}}, path)
+    ours = nmt.create_model("resnet18", pattern="2:4", num_classes=10, checkpoint_path=path)
+    stem = theirs.conv1.weight
+    assert torch.equal(ours.conv1.weight, stem * authors_stem_mask(stem, "2:4").to(stem.dtype))
+    for name, layer in sparse_layers(ours):
+        assert torch.equal(layer.weight, theirs.get_submodule(name).weight), name

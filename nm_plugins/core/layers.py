@@ -36,6 +36,9 @@ class _MaskState:
         # a copy recomputes its masked weight for its own weight; a ``fixed`` copy keeps its (copied) mask
         return _MaskState(self.key)
 
+    def __reduce__(self):  # torch.save(model) / pickle: as a copy
+        return _MaskState, (self.key,)
+
 
 class _MaskedWeight(torch.autograd.Function):
     """The masked weight forward (precomputed); straight-through backward (the masked gradient for ``fixed``).

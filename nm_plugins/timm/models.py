@@ -2,67 +2,214 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
+import timm.data
+import torch
 import torch.nn as nn
-from timm.models import load_checkpoint, register_model
+from timm.models import build_model_with_cfg, load_checkpoint, register_model
+from timm.models import load_state_dict as timm_load_state_dict
+from timm.models.resnet import Bottleneck, ResNet
 
-from nm_plugins.core import NMPattern, SparsityReport, prune_once, sparsify
+from nm_plugins.core import NMPattern, SparseMixin, SparsityReport, check_sparse_state_dict, prune_once, sparsify
+
+try:  # the authors' released checkpoints (their layout) are converted on load
+    from .authors import convert_if_authors
+except ImportError:  # pragma: no cover - authors.py is optional
+    convert_if_authors = None
 
 METHOD_NAMES = ("srste", "ste", "asp", "fixed", "dense")
 PAPER_PATTERNS = ("2:4", "4:8", "1:4", "2:8")
 # timm architecture + extra kwargs behind each registered base name.
 BASES = {
     "resnet50": ("resnet50", {}),
-    "resnet50x1_25": ("resnet50", {"channels": (80, 160, 320, 640), "stem_width": 80}),
+    "resnet50x1_25": ("resnet50x1_25", {}),
     "resnet18": ("resnet18", {}),
 }
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 def create_model(name: str, pattern="2:4", method: str = "srste", decay: float = 2e-4, exclude=(),
-                 keep_classifier_dense: bool = True, checkpoint_path: "str | Path | None" = None,
-                 **timm_kwargs) -> nn.Module:
-    """timm.create_model(name, **timm_kwargs) with every groupable Conv2d/Linear made N:M (classifier dense).
+                 keep_classifier_dense: bool = True, keep_stem_dense: bool = True,
+                 checkpoint_path: "str | Path | None" = None, probe_input=None, **timm_kwargs) -> nn.Module:
+    """timm.create_model(name, **timm_kwargs) with every groupable Conv2d/Linear made N:M; the classifier(s)
+    (timm's ``get_classifier()``, e.g. DeiT's ``head`` and ``head_dist``; none for ``num_classes=0`` or
+    ``features_only``) and the stem (``pretrained_cfg['first_conv']``, the layers fed the input) stay dense.
 
     ``method`` is srste, ste, dense, fixed, or ``asp`` (dense training until :func:`asp_prune`).
-    ``checkpoint_path`` is a local file (dense timm checkpoint or one of ours) loaded after sparsification;
-    masks are then derived from the loaded weights unless the file holds them. The model gets
-    ``nm_config`` (pattern, method, decay) and ``nm_report`` (the :class:`SparsityReport`).
+    ``probe_input``: the input of one probe forward (default: a random batch of one at 64x64 for models that
+    take any size, else at the configured input size, ``img_size``/``in_chans`` honoured) that finds the stem, and the layers whose weight the model
+    reads outside their own forward (kept dense; timm's BEiT/EVA/Swin-V2 ``qkv`` is made to run its own
+    forward); ``False`` skips it. ``checkpoint_path``: a local file (see :func:`load_local_checkpoint`) loaded
+    after sparsification. The model gets ``nm_config`` (pattern, method, decay) and ``nm_report``.
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown N:M method {method!r}: expected one of {', '.join(METHOD_NAMES)}")
     pattern = NMPattern.parse(pattern)
     model = timm.create_model(name, **timm_kwargs)
-    report = sparsify(model, pattern, "dense" if method == "asp" else method, decay, exclude=exclude,
-                      keep_classifier_dense=keep_classifier_dense)
+    candidates = _default_probe_inputs(model, timm_kwargs) if probe_input is None else [probe_input]
+    for i, probe in enumerate(candidates):
+        try:
+            report = sparsify(model, pattern, "dense" if method == "asp" else method, decay, exclude=exclude,
+                              keep_classifier_dense=keep_classifier_dense, keep_stem_dense=keep_stem_dense,
+                              example_inputs=None if probe is False else probe)
+            break
+        except Exception as err:
+            if probe is False:
+                raise
+            if i + 1 < len(candidates):
+                continue  # the 64x64 probe was too small for this model: the configured size next
+            shapes = [tuple(t.shape) for t in (probe if isinstance(probe, (tuple, list)) else [probe])]
+            raise ValueError(f"create_model({name!r}): the probe forward with input of shape {shapes} failed "
+                             f"({err}); pass probe_input=<an input the model accepts>, or probe_input=False to skip "
+                             f"it (layers whose weight the model reads directly are then not found)") from err
     model.nm_config = {"pattern": str(pattern), "method": method, "decay": decay if method == "srste" else 0.0}
     model.nm_report = report
+    model.register_load_state_dict_pre_hook(_check_on_load)
     if checkpoint_path is not None:
         load_local_checkpoint(model, checkpoint_path)
     return model
 
 
+def _default_probe_inputs(model: nn.Module, timm_kwargs: dict) -> list:
+    """Random batches of one at the model's configured input size (``img_size`` / ``in_chans`` kwargs win),
+    preceded by a cheaper 64x64 one unless the model's cfg says its input size is fixed."""
+    cfg = timm.data.resolve_model_data_config(model)
+    c, h, w = cfg["input_size"]
+    c = timm_kwargs.get("in_chans", c)
+    size = timm_kwargs.get("img_size")
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+    sizes = [(h, w)]
+    fixed = (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size", False)
+    if not fixed and size is None and max(h, w) > 64:
+        sizes.insert(0, (min(h, 64), min(w, 64)))
+    param = next(model.parameters(), None)
+    out = []
+    for h, w in sizes:
+        x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))  # the global RNG stays untouched
+        out.append(x.to(param.device, param.dtype) if param is not None and param.is_floating_point() else x)
+    return out
+
+
+def _check_on_load(module, state_dict, prefix, *_):
+    """load_state_dict pre-hook of models made by :func:`create_model`: a sparse state_dict must not load
+    silently into layers that are dense here (``strict=False`` would give the unmasked master weights)."""
+    check_sparse_state_dict(module, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+
+
+def _unwrap(obj) -> Mapping:
+    """The state dict inside a loaded file (``{"state_dict"|"model": ...}`` or itself), ``module.`` prefixes
+    (DataParallel / DDP) removed, as timm's own loader does."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a state dict")
+    return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in obj.items()}
+
+
 def load_local_checkpoint(model: nn.Module, path: "str | Path", strict: bool = True) -> nn.Module:
-    """Load a local checkpoint file (timm/torchvision state dict, ``{"model"|"state_dict": ...}``, or a
-    trainer checkpoint of this project) into ``model``; N:M masks missing from it follow the weights."""
+    """Load a local checkpoint file into ``model``: a timm/torchvision state dict, ``{"model"|"state_dict": ...}``,
+    a trainer checkpoint of this project, or the paper authors' released ResNet files (converted by
+    :mod:`nm_plugins.timm.authors`). N:M masks missing from it follow the weights; masks for layers that are
+    dense in ``model`` raise ValueError (export the checkpoint dense first, or sparsify the model alike)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist (only local files are loaded, no downloads)")
-    load_checkpoint(model, str(path), use_ema=False, strict=strict)
+    if path.suffix in (".npz", ".npy"):  # timm's numpy (big_vision) checkpoints: the model's own loader
+        load_checkpoint(model, str(path), strict=strict)
+        return model
+    if path.suffix == ".safetensors":
+        obj = timm_load_state_dict(str(path), use_ema=False)
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if convert_if_authors is not None:
+        pattern = getattr(model, "nm_config", {}).get("pattern")
+        converted = convert_if_authors(obj, pattern=pattern, model=model)
+        obj = obj if converted is obj else converted
+    state_dict = _unwrap(obj)
+    check_sparse_state_dict(model, state_dict)
+    model.load_state_dict(state_dict, strict=strict)
     return model
 
 
 def asp_prune(model: nn.Module) -> SparsityReport:
-    """ASP step for a model made with method ``asp``: one-shot magnitude N:M masks from its trained weights,
-    then method ``fixed`` for fine-tuning (pruned weights set to 0 and frozen)."""
+    """ASP step for a model made with method ``asp``: one-shot magnitude N:M masks from its trained weights in
+    its N:M layers (the layers kept dense at creation stay dense), then method ``fixed`` for fine-tuning (pruned
+    weights set to 0 and frozen)."""
     config = getattr(model, "nm_config", None)
     if config is None:
         raise ValueError("asp_prune: the model was not made by nm_plugins.timm.create_model (no nm_config)")
-    report = prune_once(model, config["pattern"])
+    dense = [name for name, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, SparseMixin)]
+    report = prune_once(model, config["pattern"], exclude=[_fnmatch_escape(n) for n in dense],
+                        keep_classifier_dense=False, keep_stem_dense=False)
+    before = getattr(model, "nm_report", None)
+    reasons = before.dense_layers if before is not None else {}
+    for entry in report.layers:
+        entry.reason = reasons.get(entry.name, entry.reason) if not entry.sparse else entry.reason
     model.nm_config = {**config, "method": "fixed"}
+    model.nm_report = report
     return report
+
+
+def _fnmatch_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+class WideStemResNet(ResNet):
+    """timm's ResNet with a ``stem_width``-wide 7x7 stem (timm's own ResNet keeps its plain stem at 64 and uses
+    ``stem_width`` only for deep stems): ``conv1``, ``bn1`` and the first block's input convs get the width."""
+
+    def __init__(self, *args, stem_width: int = 64, in_chans: int = 3, **kwargs):
+        super().__init__(*args, stem_width=stem_width, in_chans=in_chans, **kwargs)
+        if stem_width == 64:
+            return
+        if type(self.conv1) is not nn.Conv2d:
+            raise ValueError("WideStemResNet widens the plain 7x7 stem only (stem_type='')")
+        old = self.conv1
+        self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False,
+                               device=old.weight.device, dtype=old.weight.dtype)
+        bn = self.bn1
+        self.bn1 = type(bn)(stem_width, eps=bn.eps, momentum=bn.momentum, device=bn.weight.device,
+                            dtype=bn.weight.dtype)
+        block = self.layer1[0]
+        new = [self.conv1]
+        block.conv1 = _widened(block.conv1, stem_width)
+        new.append(block.conv1)
+        if block.downsample is not None:
+            for i, m in enumerate(block.downsample):
+                if isinstance(m, nn.Conv2d):
+                    block.downsample[i] = _widened(m, stem_width)
+                    new.append(block.downsample[i])
+                    break
+        for conv in new:  # timm's ResNet init
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        self.feature_info[0]["num_chs"] = stem_width
+
+
+def _widened(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                     conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+def resnet50x1_25(pretrained: bool = False, **kwargs) -> nn.Module:
+    """ResNet-50 with every width times 1.25, the stem included (80, then 80/160/320/640 bottleneck widths):
+    the dense base of the paper's 2:8 row (11.8M params / 1.79G FLOPs at 2:8 in the paper). No weights."""
+    if pretrained:
+        raise ValueError("resnet50x1_25 has no pretrained weights; train it or pass checkpoint_path=")
+    for key in _TIMM_ONLY_KWARGS:
+        kwargs.pop(key, None)
+    args = dict(block=Bottleneck, layers=(3, 4, 6, 3), channels=(80, 160, 320, 640), stem_width=80)
+    return build_model_with_cfg(WideStemResNet, "resnet50", False, **dict(args, **kwargs))
+
+
+register_model(resnet50x1_25)
 
 
 def _make_entrypoint(model_name: str, base: str, method: str, pattern: str):
