@@ -21,13 +21,9 @@ RATIOS = [
     ("SR-STE step / dense step (ResNet-18 64x64 b32; interleaved rounds)", "interleaved:srste", INTERLEAVED, 1.10, "le"),
     ("STE step / dense step (interleaved rounds)", "interleaved:ste", INTERLEAVED, None, None),
     ("SR-STE step / dense step (separate benchmarks)", "test_step_srste_resnet18", "test_step_dense_resnet18", None, None),
-    ("SR-STE fused step / dense step", "test_step_srste_fused_resnet18", "test_step_dense_resnet18", None, None),
-    ("STE step / dense step", "test_step_ste_resnet18", "test_step_dense_resnet18", None, None),
-    ("STE fused step / dense step", "test_step_ste_fused_resnet18", "test_step_dense_resnet18", None, None),
-    ("SR-STE fused step / SR-STE per-layer step (the engine is for GPUs)", "test_step_srste_fused_resnet18", "test_step_srste_resnet18", None, None),
+    ("STE step / dense step (separate benchmarks)", "test_step_ste_resnet18", "test_step_dense_resnet18", None, None),
     ("argsort reference / nm_mask (ResNet-50 convs; speed-up)", "test_mask_argsort_reference_resnet50", "test_mask_nm_mask_resnet50", 10.0, "ge"),
-    ("argsort reference / flat_nm_mask (mask+masked+inverse; speed-up)", "test_mask_argsort_reference_resnet50", "test_mask_fused_flat_resnet50", None, None),
-    ("per-layer / fused mask work of a step (ResNet-50; speed-up)", "test_refresh_masks_resnet50[plain]", "test_refresh_masks_resnet50[fused]", None, None),
+    ("argsort reference / nm_mask + masked weight (speed-up)", "test_mask_argsort_reference_resnet50", "test_mask_and_masked_weight_resnet50", None, None),
 ]
 
 
@@ -44,6 +40,21 @@ def load_stats(path: Path) -> dict:
                 low = min(info["seconds"][method]) / min(info["seconds"]["dense"])
                 stats[f"interleaved:{method}"] = {"median": statistics.median(ratios), "min": low, "paired": True}
     return stats, data.get("machine_info", {})
+
+
+# the ratios ``benchmarks.compare`` holds against a baseline: {metric name: (numerator, denominator)}
+COMPARED = {"bench/srste_over_dense": ("interleaved:srste", INTERLEAVED), "bench/ste_over_dense": ("interleaved:ste", INTERLEAVED),
+            "bench/argsort_over_nm_mask": ("test_mask_argsort_reference_resnet50", "test_mask_nm_mask_resnet50")}
+
+
+def ratio_metrics(path: Path) -> dict:
+    """{metric name: median ratio} of the COMPARED ratios whose benchmarks ran (for benchmarks.compare)."""
+    stats, _ = load_stats(path)
+    out = {}
+    for name, (num, den) in COMPARED.items():
+        if num in stats and den in stats:
+            out[name] = stats[num]["median"] if stats[num].get("paired") else stats[num]["median"] / stats[den]["median"]
+    return out
 
 
 def rows(stats: dict) -> list:

@@ -1,15 +1,17 @@
 """GPU throughput suite: SR-STE training cost and 2:4 inference gain, measured side by side.
 
 ``python -m benchmarks.throughput`` (``make throughput``). On a CUDA GPU it measures
-  * training steps, dense vs SR-STE vs STE (per-layer path and the fused engine), ResNet-50 (bf16
-    autocast, channels_last, batch 128) and ViT-B/16 (batch 128): median over timed steps, CUDA events;
-  * the fused engine's Triton mask kernel against the exact PyTorch reference (correctness, time);
+  * training steps, dense vs SR-STE vs STE through the layers of ``sparsify`` (the one path: a Triton
+    kernel per layer on CUDA), ResNet-50 (bf16 autocast, channels_last, batch 128) and ViT-B/16 (batch
+    128): median over timed steps, CUDA events, the variants interleaved in rounds;
+  * the core's ``nm_mask`` on CUDA tensors (the Triton kernel) against an exact argsort reference
+    (correctness on random data and ties, every pattern and dtype, channels_last weights; time);
   * inference, dense vs ``to_semi_structured`` vs ``to_fast_semi_structured``, fp16/bf16, batch 64/256,
     eager and under CUDA graphs, for ViT-B/16, ViT-L/16 and ResNet-50, with the per-layer GEMM table;
   * single large GEMMs, dense vs the 2:4 kernels;
 and writes ``<out>/<gpu>.json`` (flat ``metrics`` for ``ci.check``) and ``<out>/<gpu>.md``, then checks
 the figures against ``ci/thresholds/throughput_<gpu>.yaml`` (exit 1 when one falls short). Without CUDA
-it says so, runs the small CPU part (fused vs per-layer mask time, step ratio) and exits 0.
+it says so, runs the small CPU part (nm_mask vs the argsort reference, step ratios) and exits 0.
 ``--quick`` runs every section at toy sizes (on the CPU it exercises the GPU code paths as a dry run).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import re
 import statistics
@@ -28,13 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nm_plugins import FusedSRSTE, export_dense, flat_nm_mask, sparsify, to_semi_structured
+from benchmarks.reference import argsort_nm_mask
+from nm_plugins import export_dense, nm_mask, sparsify, to_semi_structured
 from nm_plugins.core.fast_inference import CudaGraphModule, time_ms, to_fast_semi_structured
 
 REPO = Path(__file__).resolve().parents[1]
-# (name, method, fused engine, engine's check_finite)
-TRAIN_VARIANTS = (("dense", "dense", False, True), ("srste", "srste", False, True), ("srste_fused", "srste", True, True),
-                  ("srste_fused_nosync", "srste", True, False), ("ste", "ste", False, True), ("ste_fused", "ste", True, True))
+# (name, method of sparsify): every variant trains through the same layers, whatever the device
+TRAIN_VARIANTS = (("dense", "dense"), ("srste", "srste"), ("ste", "ste"))
 
 
 class Budget:
@@ -127,14 +130,14 @@ def measure_training(name, cfg, device, budget, rounds=3, warmup=3, steps=8) -> 
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (cfg["batch"],), device=device)
     runs = {}
-    for variant, method, fused, check_finite in TRAIN_VARIANTS:
-        model = build_timm(name, cfg["img"]).to(device)
-        sparsify(model, "2:4", method)
+    for variant, method in TRAIN_VARIANTS:
+        model = build_timm(name, cfg["img"])
+        sparsify(model, "2:4", method)  # before .to(device): the layers must follow the move
+        model = model.to(device)
         if cfg["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
-        engine = FusedSRSTE(model, check_finite=check_finite) if fused else None
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        runs[variant] = (model, opt, engine)
+        runs[variant] = (model, opt)
 
     def step(model, opt):
         opt.zero_grad(set_to_none=True)
@@ -147,7 +150,7 @@ def measure_training(name, cfg, device, budget, rounds=3, warmup=3, steps=8) -> 
     for r in range(rounds):
         if r and budget.left() < 60:
             break
-        for variant, (model, opt, _) in runs.items():
+        for variant, (model, opt) in runs.items():
             for _ in range(warmup if r == 0 else 1):
                 step(model, opt)
             for _ in range(3):  # back-to-back steps between two events: the pipeline stays full
@@ -162,63 +165,56 @@ def measure_training(name, cfg, device, budget, rounds=3, warmup=3, steps=8) -> 
     return result
 
 
-# ---------------------------------------------------------------------------------- fused kernel
+# ----------------------------------------------------------------------------------- mask kernel
+def mask_kernel_cases(quick: bool) -> list:
+    """(shape, channels_last) of the weights the kernel check covers: conv and linear, odd sizes, input
+    channels not divisible by M (a zero-padded last group)."""
+    if quick:
+        return [((16, 8, 3, 3), False), ((16, 8, 3, 3), True), ((24, 16), False), ((8, 6, 3, 3), False)]
+    return [((256, 128, 3, 3), False), ((256, 128, 3, 3), True), ((1000, 2048), False), ((2048, 512, 1, 1), True),
+            ((3072, 768), False), ((37, 24, 5, 5), False), ((64, 6, 3, 3), True)]
+
+
 def check_mask_kernel(device, quick) -> dict:
-    """Triton kernel vs the exact PyTorch reference on fresh random data (and ties), plus timings."""
+    """``nm_mask`` on CUDA tensors (the core's Triton kernel) vs the argsort reference on the CPU, on random
+    data and on ties, for every pattern and dtype; then the time of both on ResNet-50's conv weights.
+    ``quick`` on the CPU: the same checks and timings at toy size (a dry run; the CPU kernel is checked)."""
     out = {"checks": [], "all_equal": None}
-    if device.type != "cuda":
-        out["skipped"] = "no CUDA: the Triton kernel is checked on the CPU by tests/test_fused_srste.py (interpreter)"
+    if device.type != "cuda" and not quick:
+        out["skipped"] = "no CUDA: the core's CUDA mask path is checked on the CPU by the core's tests (Triton interpreter)"
         return out
     gen = torch.Generator(device="cpu").manual_seed(1)
-    n = 4096 * 8 if quick else 1_000_000 * 8
     ok = True
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for pattern in ("2:4", "1:4", "2:8", "4:8"):
-            for ties in (False, True):
-                w = torch.randint(-3, 4, (n + 8,), generator=gen) if ties else torch.randn(n + 8, generator=gen)
-                w = w.to(dtype)
-                ref = flat_nm_mask(w, pattern, backend="torch")
-                wc = w.to(device)
-                poison = (torch.ones_like(wc, dtype=torch.bool), torch.full_like(wc, float("nan")), torch.full_like(wc, float("nan")))
-                got = flat_nm_mask(wc, pattern, backend="triton", out=poison)
-                equal = all(torch.equal(a.cpu(), b) for a, b in zip(got, ref))
-                ok &= equal
-                out["checks"].append({"dtype": str(dtype), "pattern": pattern, "ties": ties, "equal": equal})
+            n, m = map(int, pattern.split(":"))
+            for shape, channels_last in mask_kernel_cases(quick):  # partial last groups included
+                for ties in (False, True):
+                    w = torch.randint(-3, 4, shape, generator=gen) if ties else torch.randn(shape, generator=gen)
+                    w = w.to(dtype)
+                    if channels_last and w.dim() == 4:
+                        w = w.contiguous(memory_format=torch.channels_last)
+                    ref = argsort_nm_mask(w.float(), n, m)
+                    got = nm_mask(w.to(device), pattern)
+                    equal = got.device.type == device.type and torch.equal(got.cpu(), ref)
+                    ok &= equal
+                    out["checks"].append({"dtype": str(dtype), "pattern": pattern, "shape": list(shape),
+                                          "channels_last": channels_last, "ties": ties, "equal": equal})
     out["all_equal"] = ok
-    out["fused_vs_plain_on_gpu"] = fused_vs_plain(device)
+    try:  # which implementation the core binds for a tensor on this device (informational)
+        from nm_plugins.core.mask_triton import triton_usable
+        out["triton_bound"] = bool(triton_usable(torch.zeros(4, 4, device=device)))
+    except ImportError as exc:
+        out["triton_bound"] = f"unknown ({exc})"
     import timm
-    model = timm.create_model("resnet50")
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.dim() == 4 and p.shape[1] % 4 == 0]).to(device)
-    out["resnet50_conv_weights"] = flat.numel()
-    for backend in ("triton", "torch"):
-        out[f"resnet50_flat_mask_{backend}_ms"] = time_ms(lambda: flat_nm_mask(flat, "2:4", backend=backend), device, reps=20)
+    model = timm.create_model("resnet18" if quick else "resnet50")
+    weights = [p.detach().to(device) for p in model.parameters() if p.dim() == 4 and p.shape[1] % 4 == 0]
+    out["timed_model"] = "resnet18 (quick)" if quick else "resnet50"
+    out["resnet50_conv_weights"] = sum(w.numel() for w in weights)
+    out["resnet50_nm_mask_ms"] = time_ms(lambda: [nm_mask(w, "2:4") for w in weights], device, warmup=1 if quick else 5, reps=2 if quick else 20)
+    out["resnet50_argsort_ms"] = time_ms(lambda: [argsort_nm_mask(w) for w in weights], device, warmup=1 if quick else 2, reps=2 if quick else 5)
+    out["resnet50_argsort_over_nm_mask"] = out["resnet50_argsort_ms"] / out["resnet50_nm_mask_ms"]
     return out
-
-
-def fused_vs_plain(device) -> dict:
-    """Two steps of a small 2:4 ResNet on the GPU, per-layer path vs fused engine: masks must be equal,
-    gradients equal up to GPU floating-point reordering."""
-    import copy
-    torch.manual_seed(0)
-    plain = build_timm("resnet18", 64, num_classes=10).to(device).to(memory_format=torch.channels_last)
-    sparsify(plain, "2:4", "srste")
-    fused = copy.deepcopy(plain)
-    FusedSRSTE(fused)
-    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (plain, fused)]
-    worst, masks_equal = 0.0, True
-    for _ in range(2):
-        x = torch.randn(8, 3, 64, 64, device=device).to(memory_format=torch.channels_last)
-        for m, o in zip((plain, fused), opts):
-            o.zero_grad()
-            m(x).square().mean().backward()
-        for (n, a), (_, b) in zip(plain.named_parameters(), fused.named_parameters()):
-            worst = max(worst, _rel_err(b.grad, a.grad))
-        for o in opts:
-            o.step()
-    from nm_plugins import sparse_layers
-    for (_, a), (_, b) in zip(sparse_layers(plain), sparse_layers(fused)):
-        masks_equal &= bool(torch.equal(a.mask(), b.mask()))
-    return {"masks_equal": masks_equal, "worst_grad_rel_err": worst}
 
 
 # ------------------------------------------------------------------------------------- inference
@@ -369,17 +365,14 @@ def measure_gemms(device, dtype, quick, reps) -> list:
 
 # ---------------------------------------------------------------------------------------- CPU part
 def cpu_part(quick) -> dict:
-    """Without CUDA: fused flat mask vs per-layer masks on ResNet-50's conv weights; a short step ratio."""
+    """Without CUDA: nm_mask vs the argsort reference on ResNet-50's conv weights; short step ratios."""
     import timm
-    from nm_plugins import nm_mask
     model = timm.create_model("resnet18" if quick else "resnet50")
     weights = [p.detach() for p in model.parameters() if p.dim() == 4 and p.shape[1] % 4 == 0]
-    flat = torch.cat([w.movedim(1, -1).reshape(-1) for w in weights])
     cpu = torch.device("cpu")
-    res = {"per_layer_nm_mask_ms": time_ms(lambda: [nm_mask(w, "2:4") for w in weights], cpu, warmup=1, reps=3),
-           # the flat pass also writes the masked weights and the inverse mask that a step needs
-           "flat_mask_masked_inverse_ms": time_ms(lambda: flat_nm_mask(flat, "2:4", backend="torch"), cpu, warmup=1, reps=3)}
-    res["flat_over_per_layer_mask"] = res["flat_mask_masked_inverse_ms"] / res["per_layer_nm_mask_ms"]
+    res = {"nm_mask_ms": time_ms(lambda: [nm_mask(w, "2:4") for w in weights], cpu, warmup=1, reps=3),
+           "argsort_ms": time_ms(lambda: [argsort_nm_mask(w) for w in weights], cpu, warmup=1, reps=3)}
+    res["argsort_over_nm_mask"] = res["argsort_ms"] / res["nm_mask_ms"]
     cfg = dict(batch=8, img=32, channels_last=False)
     res["train_resnet18"] = measure_training("resnet18", cfg, cpu, Budget(300), rounds=1, warmup=1, steps=1)
     return res
@@ -416,9 +409,9 @@ def flatten_metrics(results: dict) -> dict:
         m["gemm/best_speedup"] = max(speedups)
     kc = results.get("mask_kernel", {})
     if kc.get("all_equal") is not None:
-        m["mask_kernel/triton_equals_reference"] = float(kc["all_equal"])
+        m["mask_kernel/cuda_nm_mask_equals_reference"] = float(kc["all_equal"])
     for k, v in kc.items():
-        if k.endswith("_ms"):
+        if k.endswith("_ms") or k.endswith("_over_nm_mask"):
             m[f"mask_kernel/{k}"] = v
     return m
 
@@ -434,7 +427,7 @@ def markdown(results: dict) -> str:
                   "| model | " + " | ".join(v[0] for v in TRAIN_VARIANTS) + " |", "|---" * (len(TRAIN_VARIANTS) + 1) + "|"]
         for name, r in results["train"].items():
             cells = []
-            for v, *_ in TRAIN_VARIANTS:
+            for v, _ in TRAIN_VARIANTS:
                 ms = r.get(f"{v}_ms")
                 ratio = r.get(f"{v}_over_dense")
                 cells.append("-" if ms is None else f"{ms:.2f}" + ("" if ratio is None else f" ({ratio:.3f}x)"))
@@ -493,9 +486,9 @@ def markdown(results: dict) -> str:
         lines.append("")
     kc = results.get("mask_kernel", {})
     if kc.get("all_equal") is not None:
-        lines += [f"Triton N:M mask kernel equals the PyTorch reference on all {len(kc['checks'])} checks: {kc['all_equal']}; "
-                  f"ResNet-50 conv weights ({kc['resnet50_conv_weights']}): Triton {kc['resnet50_flat_mask_triton_ms']:.3f} ms, "
-                  f"PyTorch on GPU {kc['resnet50_flat_mask_torch_ms']:.3f} ms.", ""]
+        lines += [f"`nm_mask` on CUDA tensors equals the argsort reference on all {len(kc['checks'])} checks: {kc['all_equal']}; "
+                  f"ResNet-50 conv weights ({kc['resnet50_conv_weights']}): nm_mask {kc['resnet50_nm_mask_ms']:.3f} ms, "
+                  f"argsort on the GPU {kc['resnet50_argsort_ms']:.3f} ms ({kc['resnet50_argsort_over_nm_mask']:.1f}x).", ""]
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]]
     return "\n".join(lines) + "\n"
@@ -526,7 +519,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "results" / "throughput"), help="folder for <gpu>.json and <gpu>.md")
     ap.add_argument("--quick", action="store_true", help="toy sizes (a dry run of every section)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget; later sections skip what does not fit")
+    ap.add_argument("--budget-s", type=float, default=float(os.environ.get("THROUGHPUT_BUDGET_S", 420.0)),
+                    help="wall-clock budget (default $THROUGHPUT_BUDGET_S or 420); later sections skip what does not fit")
     ap.add_argument("--sections", default="kernel,train,infer,gemm", help="comma-separated subset of kernel,train,infer,gemm")
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu (cpu + --quick: dry run of the GPU sections)")
     ap.add_argument("--no-check", action="store_true", help="do not exit 1 when a figure falls short of its threshold")

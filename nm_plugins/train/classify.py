@@ -5,8 +5,10 @@
     python -m nm_plugins.train.classify --config ... --resume      # continue from OUT_DIR/checkpoint.pt
     python -m nm_plugins.train.classify --config ... --resume-from PATH
 
-Writes to ``train.out_dir`` (default runs/NAME): checkpoint.pt (atomic, every epoch), log.jsonl and tb/
-(loss, top-1/5, lr, SAD per layer and model, throughput) and summary.json (final accuracy, Params, FLOPs, SAD).
+Writes to ``train.out_dir`` (default runs/NAME): checkpoint.pt (the LAST epoch: full resume state, atomic, every
+epoch), model_best.pth (the weights and masks of the epoch with the best val top-1, ``{"model": state_dict, "epoch",
+"top1", "config"}``; what the mmdet R50 configs load as backbone: runs/imagenet/<row>/model_best.pth), log.jsonl and
+tb/ (loss, top-1/5, lr, SAD per layer and model, throughput) and summary.json (final accuracy, Params, FLOPs, SAD).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
 from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
+
+LAST_NAME = "checkpoint.pt"  # last epoch, full resume state (--resume)
+BEST_NAME = "model_best.pth"  # best val top-1: weights + masks (backbone of the mmdet R50 configs)
 
 
 def lr_factor(step: int, steps_per_epoch: int, optim: dict, asp_prune_epoch=None) -> float:
@@ -164,7 +169,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     asp_epoch = sp["asp_prune_epoch"] if sp["method"] == "asp" else None
 
     train_loader, val_loader, num_classes, in_chans, input_size = build_loaders(
-        cfg, info.rank, info.world_size, seed, pin_memory=info.device.type == "cuda")
+        cfg, info.rank, info.world_size, seed, pin_memory=info.device.type == "cuda", device=info.device)
     model = build_model(cfg, num_classes, in_chans)
     if info.is_main and cfg["train"]["progress"]:
         print(model.nm_report, file=sys.stderr)
@@ -181,7 +186,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     tracker = SADTracker(model)
     history, start_epoch = [], 0
 
-    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
     if resume:
         path = ckpt_path if resume is True else Path(resume)
         state = load_checkpoint(path, map_location=info.device)
@@ -218,6 +223,9 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
         history.append({"epoch": epoch + 1, "train": stats["train"], "val": stats.get("val"),
                         "sad_init": sad_record["model"]["sad_init_norm"], "sad_prev": sad_record["model"]["sad_prev_norm"]})
         logger.log((epoch + 1) * steps, stats)
+        if info.is_main and cfg["train"]["checkpoint"] and _is_best(history, asp_epoch or 0):
+            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch + 1, "top1": stats["val"]["top1"],
+                                        "config": cfg})
         if info.is_main and cfg["train"]["checkpoint"]:
             save_checkpoint(ckpt_path, {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "sad": tracker.state_dict(),
@@ -237,9 +245,25 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
                "sad_final": history[-1]["sad_init"], "sad_curve": [h["sad_init"] for h in history],
                "sad_prev_curve": [h["sad_prev"] for h in history], "epochs": epochs, "world_size": info.world_size,
                "seconds": time.time() - t_start, "masks_sha": masks_digest(model), "out_dir": str(out_dir)}
+    best = _best_entry(history, asp_epoch or 0)
+    if best is not None:  # the first epoch reaching the best top-1 (what model_best.pth holds)
+        summary.update(best_top1=best["val"]["top1"], best_epoch=best["epoch"],
+                       best_checkpoint=str(best_path) if cfg["train"]["checkpoint"] else None)
     if info.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _best_entry(history: list, first_sparse_epoch: int = 0):
+    """The history entry with the best val top-1 among epochs after ``first_sparse_epoch`` (ASP: its dense
+    epochs never count as the best sparse model); ties keep the earlier epoch. None when none was evaluated."""
+    evaluated = [h for h in history if h["val"] is not None and h["epoch"] > first_sparse_epoch]
+    return max(evaluated, key=lambda h: h["val"]["top1"], default=None)
+
+
+def _is_best(history: list, first_sparse_epoch: int = 0) -> bool:
+    """Whether the last epoch of ``history`` is the best one so far (see :func:`_best_entry`)."""
+    return _best_entry(history, first_sparse_epoch) is history[-1]
 
 
 def masks_digest(model: nn.Module) -> str:

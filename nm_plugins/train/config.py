@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import yaml
@@ -12,8 +13,10 @@ DEFAULTS = {
     "model": {"name": "resnet50", "kwargs": {}, "checkpoint": None},
     "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4, "keep_classifier_dense": True,
                  "exclude": [], "asp_prune_epoch": None},
+    # data.batch_size is the global batch, over all processes (each takes batch_size / WORLD_SIZE)
     "data": {"dataset": "imagenet", "root": None, "batch_size": 256, "workers": 8, "img_size": 224,
-             "train_subset": None, "val_subset": None, "skip_bad_images": False, "augment": True},
+             "train_subset": None, "val_subset": None, "skip_bad_images": False, "augment": True,
+             "decode": "cpu"},  # cpu: PIL in the loader workers; gpu: batched decode + augmentation on the device
     "optim": {"epochs": 120, "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5.0e-5,
               "warmup_epochs": 5, "label_smoothing": 0.0},
     "train": {"seed": 0, "device": "auto", "amp": True, "channels_last": True, "out_dir": None,
@@ -88,6 +91,11 @@ def validate(config: dict) -> None:
     """Raise ValueError naming the first setting that cannot work."""
     if config["data"]["dataset"] not in DATASETS:
         raise ValueError(f"config: data.dataset must be one of {', '.join(DATASETS)}, got {config['data']['dataset']!r}")
+    if config["data"]["decode"] not in ("cpu", "gpu"):
+        raise ValueError(f"config: data.decode must be cpu (PIL in the workers) or gpu (decode and augment on the "
+                         f"training device), got {config['data']['decode']!r}")
+    if config["data"]["decode"] == "gpu" and config["data"]["dataset"] != "imagenet":
+        raise ValueError("config: data.decode=gpu applies to the imagenet dataset only (Fashion-MNIST is in memory)")
     if config["sparsity"]["method"] not in ("srste", "ste", "asp", "fixed", "dense"):
         raise ValueError(f"config: sparsity.method {config['sparsity']['method']!r} is not srste, ste, asp, fixed or dense")
     epochs = config["optim"]["epochs"]
@@ -100,3 +108,8 @@ def validate(config: dict) -> None:
                              f"(dense epochs before pruning), got {k!r}")
     if not isinstance(config["data"]["batch_size"], int) or config["data"]["batch_size"] < 1:
         raise ValueError(f"config: data.batch_size must be a positive integer, got {config['data']['batch_size']!r}")
+    # data.batch_size is the GLOBAL batch: torchrun processes take batch_size / WORLD_SIZE each
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if config["data"]["batch_size"] % world:
+        raise ValueError(f"config: data.batch_size {config['data']['batch_size']} is the global batch (split over "
+                         f"all processes) and must be a multiple of WORLD_SIZE={world}")

@@ -212,13 +212,19 @@ class FashionMNISTLoader:
             yield (x - FMNIST_MEAN) / FMNIST_STD, self.labels[sel], 0
 
 
-def build_loaders(cfg: dict, rank: int, world: int, seed: int, pin_memory: bool = False):
-    """(train_loader, val_loader, num_classes, in_chans, input_size) for ``cfg['data']``."""
+def build_loaders(cfg: dict, rank: int, world: int, seed: int, pin_memory: bool = False, device="cpu"):
+    """(train_loader, val_loader, num_classes, in_chans, input_size) for ``cfg['data']``. ImageNet with
+    ``data.decode: gpu`` decodes and augments on ``device`` (the training device; see gpu_loader.py)."""
     data = cfg["data"]
     if data["dataset"] == "imagenet":
         classes = check_imagenet_root(data["root"])
-        train = ImageNetLoader(data, "train", rank, world, seed, pin_memory)
-        val = ImageNetLoader(data, "val", rank, world, seed, pin_memory)
+        if data["decode"] == "gpu":
+            from nm_plugins.train.gpu_loader import DeviceImageNetLoader
+            train = DeviceImageNetLoader(data, "train", rank, world, seed, device)
+            val = DeviceImageNetLoader(data, "val", rank, world, seed, device)
+        else:
+            train = ImageNetLoader(data, "train", rank, world, seed, pin_memory)
+            val = ImageNetLoader(data, "val", rank, world, seed, pin_memory)
         return train, val, len(classes), 3, (1, 3, data["img_size"], data["img_size"])
     train = FashionMNISTLoader(data, "train", rank, world, seed)
     val = FashionMNISTLoader(data, "test", rank, world, seed)
