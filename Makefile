@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft throughput
+        reproduce-raft throughput gpu-smoke loader-bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,3 +37,9 @@ reproduce-raft:  ## sparse RAFT on FlyingChairs & co (dataset roots) or the synt
 
 throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)
 	$(PY) -m benchmarks.throughput
+
+gpu-smoke:  ## each trainer's real-data path on all visible GPUs (torchrun, bf16), dense vs SR-STE 2:4; skipped without CUDA
+	$(PY) -m benchmarks.gpu_smoke
+
+loader-bench:  ## ImageNet loader images/s, PIL workers vs data.decode=gpu; results/loader/<gpu|cpu>.{json,md}
+	$(PY) -m benchmarks.loader
