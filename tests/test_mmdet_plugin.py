@@ -4,6 +4,7 @@ Real mmdetection / mmengine / mmcv; no training here (see test_mmdet_train.py)."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from mmdet.registry import MODELS  # noqa: E402
 import nm_plugins.mmdet  # noqa: E402,F401
 from nm_plugins.core import NMPattern, SparseConv2d, SparseLinear, is_valid_nm_mask, sparse_layers  # noqa: E402
 from nm_plugins.mmdet import proxy_data  # noqa: E402
-from nm_plugins.mmdet.reproduce import GRID, check_coco_root, config_path  # noqa: E402
+from nm_plugins.mmdet.reproduce import GRID, check_coco_root, config_path, imagenet_row  # noqa: E402
 from nm_plugins.mmdet.train import check_datasets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,12 @@ def test_config_backbone_convs_are_nm(path):
     if "_1x_coco" in path.name:  # the full configs: ResNet-50, backbone from our classification trainer
         assert cfg.model.backbone.depth == 50
         init = cfg.model.backbone.init_cfg
-        assert init["type"] == "Pretrained" and init["checkpoint"].startswith("work_dirs/imagenet/resnet50_")
+        # exactly where `IMAGENET_ROOT=... make reproduce-imagenet` writes the best epoch of the matching row
+        from nm_plugins.train.classify import BEST_NAME
+        row = imagenet_row(method, None if method == "dense" else pattern)
+        assert (ROOT / "configs" / "imagenet" / f"{row}.yaml").is_file()
+        if "IMAGENET_CKPT_DIR" not in os.environ:
+            assert init["type"] == "Pretrained" and init["checkpoint"] == f"runs/imagenet/{row}/{BEST_NAME}"
 
 
 @pytest.mark.parametrize("bad, message", [("3:2", "3:2"), ("2-4", "2-4"), ("0:4", "0:4")])
@@ -118,7 +124,7 @@ def test_backbone_init_from_classification_checkpoint(tmp_path, wrap):
     from nm_plugins.train.runtime import save_checkpoint
 
     src = torchvision.models.resnet50()
-    sparsify(src, "2:4", "srste")
+    sparsify(src, "2:4", "srste", exclude=("conv1",))  # the RGB stem stays dense, as in our trainer and SRSTEConv2d
     with torch.no_grad():
         for _, layer in sparse_layers(src):
             layer.weight.normal_()

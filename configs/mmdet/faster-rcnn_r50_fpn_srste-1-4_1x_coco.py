@@ -3,4 +3,4 @@
 _base_ = './faster-rcnn_r50_fpn_dense_1x_coco.py'
 model = dict(backbone=dict(
     conv_cfg=dict(pattern='1:4', method='srste'),
-    init_cfg=dict(checkpoint='work_dirs/imagenet/resnet50_srste_1_4/model_best.pth')))
+    init_cfg=dict(checkpoint='{{$IMAGENET_CKPT_DIR:runs/imagenet}}/resnet50_srste_1_4/model_best.pth')))

@@ -3,4 +3,4 @@
 _base_ = './mask-rcnn_r50_fpn_dense_1x_coco.py'
 model = dict(backbone=dict(
     conv_cfg=dict(pattern='4:8', method='srste'),
-    init_cfg=dict(checkpoint='work_dirs/imagenet/resnet50_srste_4_8/model_best.pth')))
+    init_cfg=dict(checkpoint='{{$IMAGENET_CKPT_DIR:runs/imagenet}}/resnet50_srste_4_8/model_best.pth')))

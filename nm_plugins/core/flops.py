@@ -13,15 +13,17 @@ def _kept_weights(module: nn.Module) -> int:
     return module.weight.numel()
 
 
-def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=None) -> tuple[int, int]:
+def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=None,
+                       by_module: dict | None = None) -> tuple[int, int]:
     """(params, flops): parameters with pruned N:M weights left out, and multiply-accumulates of all
     Conv2d/Linear layers for one forward of a zero tensor of ``input_size`` (kept weights only), divided by
     the batch size ``input_size[0]``.
 
     ``forward(model, x)`` runs the model on that tensor when ``model(x)`` does not (a whole detector needs its
     data samples; see ``nm_plugins.mmdet.flops``). Every Conv2d/Linear call counts, also a layer called several
-    times. Convention: one FLOP = one multiply-accumulate of a conv/linear weight, as in the paper's dense
-    ResNet-50 figure (4.09G); biases, norms, activations, pooling and additions are not counted.
+    times. ``by_module``, a dict, receives the FLOPs of each Conv2d/Linear by module name. Convention: one
+    FLOP = one multiply-accumulate of a conv/linear weight, as in the paper's dense ResNet-50 figure (4.09G);
+    biases, norms, activations, pooling and additions are not counted.
     """
     params = 0
     pruned = {}
@@ -35,14 +37,18 @@ def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=No
             params += p.numel() - pruned.get(id(p), 0)
 
     flops = 0
+    per_module: dict = {}
+    names = {id(m): n for n, m in model.named_modules()}
 
     def hook(module, inputs, output):
         nonlocal flops
         kept = _kept_weights(module)
         if isinstance(module, nn.Conv2d):
-            flops += kept * output.shape[0] * output.shape[-1] * output.shape[-2]
+            macs = kept * output.shape[0] * output.shape[-1] * output.shape[-2]
         else:  # Linear: one pass of the weight per output row
-            flops += kept * (output.numel() // output.shape[-1])
+            macs = kept * (output.numel() // output.shape[-1])
+        flops += macs
+        per_module[names[id(module)]] = per_module.get(names[id(module)], 0) + macs
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
@@ -56,5 +62,7 @@ def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=No
         model.train(was_training)
         for h in handles:
             h.remove()
-    batch = input_size[0] if len(input_size) else 1
-    return params, flops // max(batch, 1)
+    batch = max(input_size[0] if len(input_size) else 1, 1)
+    if by_module is not None:
+        by_module.update({name: macs // batch for name, macs in per_module.items()})
+    return params, flops // batch

@@ -9,7 +9,9 @@ allow_failed_imports=False)``) registers in mmdetection's registries (scope ``mm
 - ``HOOKS``: ``NMSparsityHook`` — ``custom_hooks=[dict(type='NMSparsityHook', interval=50)]``.
 
 It also lets mmengine resume its own checkpoints under torch's ``weights_only`` default (see
-:mod:`nm_plugins.mmdet.compat`).
+:mod:`nm_plugins.mmdet.compat`). Tools: ``python -m nm_plugins.mmdet.export CONFIG CHECKPOINT OUT.pth`` (a plain
+mmdet checkpoint and config that need no plugin, :mod:`nm_plugins.mmdet.export`) and ``python -m
+nm_plugins.mmdet.flops CONFIG`` (N:M-aware Params/FLOPs of the whole detector, :mod:`nm_plugins.mmdet.flops`).
 """
 from . import compat
 from .hook import NMSparsityHook

@@ -1,5 +1,6 @@
 """``NMSparsityHook``: SAD, kept-weight share and mask-validity logging through mmengine's message hub,
-and the N:M masks / SAD state carried through checkpoints so a resumed run keeps its topology."""
+the N:M masks / SAD state carried through checkpoints so a resumed run keeps its topology, and the checks
+that refuse a sparse checkpoint for dense layers (``load_from``, ``resume`` or a ``Pretrained`` init_cfg)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from nm_plugins.core import SADTracker, is_valid_nm_mask, sparse_layers
+from nm_plugins.core import SADTracker, check_sparse_state_dict, is_valid_nm_mask, sparse_layers
 
 CHECKPOINT_KEY = "nm_sparsity"
 
@@ -26,8 +27,14 @@ class NMSparsityHook(Hook):
     ``strict=True`` an invalid mask raises RuntimeError.
 
     Checkpoints get the current masks in their ``state_dict`` (the layers' ``nm_mask`` buffers, refreshed
-    from the saved weights) and ``checkpoint['nm_sparsity']`` with the SAD tracker state; on resume both are
-    restored and a mask that differs from the saved one is reported (``resume_mask_mismatch``).
+    from the saved weights) and ``checkpoint['nm_sparsity']`` with the SAD tracker state and each N:M layer's
+    method and pattern. ``resume``: masks and SAD state are restored (SAD keeps measuring against the first
+    run's initial masks) and a mask that differs from the saved one is reported (``resume_mask_mismatch``).
+    ``load_from`` (fine-tuning): the masks come with the weights (``fixed`` layers keep the saved ones), but SAD
+    starts a NEW baseline, the masks at the start of this run, for every layer (the previous run's tracker is
+    not restored). Loading refuses (ValueError naming the layers) a checkpoint whose layers are N:M sparse into
+    layers of this model that are dense (plain conv/linear, or ``method='dense'``): that would silently give
+    the unmasked master weights; export it with ``python -m nm_plugins.mmdet.export`` first.
     """
 
     priority = "NORMAL"
@@ -41,11 +48,21 @@ class NMSparsityHook(Hook):
         self.tracker: SADTracker | None = None
         self._resume_state: dict | None = None
         self._resume_masks: dict | None = None
+        self.loaded: str | None = None  # "resume" or "load_from" once a checkpoint was loaded
         self.last_scalars: dict = {}
 
     @staticmethod
     def _model(runner) -> torch.nn.Module:
         return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+    def before_run(self, runner) -> None:
+        """Before mmengine's init_weights: refuse a ``Pretrained`` init_cfg checkpoint that is N:M sparse
+        where this model's layers are dense."""
+        model = self._model(runner)
+        for name, module in model.named_modules():
+            init = getattr(module, "init_cfg", None)
+            if isinstance(init, dict) and init.get("type") == "Pretrained" and init.get("checkpoint"):
+                _check_pretrained(module, name or "model", init)
 
     def before_train(self, runner) -> None:
         model = self._model(runner)
@@ -70,7 +87,14 @@ class NMSparsityHook(Hook):
                           logger="current", level=30)
         self.tracker = SADTracker(model)
         if self._resume_state is not None:
-            self.tracker.load_state_dict(self._resume_state)
+            done = self.tracker.load_state_dict(self._resume_state)
+            if done["new"] or done["dropped"]:
+                print_log(f"NMSparsityHook: resumed SAD state for {len(done['restored'])} layers; new baseline for "
+                          f"{len(done['new'])} layers not in the checkpoint, {len(done['dropped'])} saved layers "
+                          f"dropped", logger="current", level=30)
+        elif self.loaded == "load_from":
+            print_log("NMSparsityHook: load_from (fine-tuning): SAD is measured from the masks at the start of "
+                      "this run (new baseline)", logger="current")
         self._resume_state = self._resume_masks = None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -126,11 +150,63 @@ class NMSparsityHook(Hook):
             mask = layer.mask().detach().cpu().clone()  # refreshed from the weights being saved
             if state is not None:
                 state[f"{name}.nm_mask"] = mask
+        extra = {"version": 2, "layers": {name: {"method": layer.method, "pattern": str(layer.pattern)}
+                                          for name, layer in sparse_layers(model)}}
         if self.tracker is not None:
-            checkpoint[CHECKPOINT_KEY] = {"version": 1, "sad_tracker": self.tracker.state_dict()}
+            extra["sad_tracker"] = self.tracker.state_dict()
+        checkpoint[CHECKPOINT_KEY] = extra
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        state = checkpoint.get("state_dict", {})
+        """Check the checkpoint against the model; keep its masks, and its SAD state only when resuming."""
+        state = {k[len("module."):] if k.startswith("module.") else k: v
+                 for k, v in checkpoint.get("state_dict", {}).items()}
+        extra = checkpoint.get(CHECKPOINT_KEY) or {}
+        check_checkpoint_layers(self._model(runner), state, extra.get("layers"), "checkpoint")
+        self.loaded = "resume" if getattr(runner, "_resume", False) else "load_from"
         self._resume_masks = {k[: -len(".nm_mask")]: v for k, v in state.items() if k.endswith(".nm_mask")} or None
-        extra = checkpoint.get(CHECKPOINT_KEY)
-        self._resume_state = extra["sad_tracker"] if extra else None
+        self._resume_state = extra.get("sad_tracker") if self.loaded == "resume" else None
+
+
+def check_checkpoint_layers(model: torch.nn.Module, state: dict, layers: dict | None, what: str) -> None:
+    """ValueError when ``state`` holds N:M masks for layers that are dense in ``model``: plain conv/linear
+    (:func:`nm_plugins.core.check_sparse_state_dict`), or N:M layers with ``method='dense'`` that
+    the checkpoint's ``layers`` metadata (``{name: {"method", "pattern"}}``) records as sparse."""
+    try:
+        check_sparse_state_dict(model, state)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e} (python -m nm_plugins.mmdet.export CONFIG CHECKPOINT OUT)") from None
+    if not layers:
+        return
+    dense = [name for name, layer in sparse_layers(model)
+             if layer.method == "dense" and layers.get(name, {}).get("method", "dense") != "dense"]
+    if dense:
+        shown = ", ".join(dense[:5]) + (f" and {len(dense) - 5} more" if len(dense) > 5 else "")
+        raise ValueError(
+            f"{what} comes from an N:M sparse model (layers {shown} were {layers[dense[0]]['method']} "
+            f"{layers[dense[0]]['pattern']}), but these layers are method='dense' here: loading would give the "
+            f"unmasked master weights. Use the config with the same pattern, or export a dense checkpoint first "
+            f"(python -m nm_plugins.mmdet.export CONFIG CHECKPOINT OUT)")
+
+
+def _check_pretrained(module: torch.nn.Module, name: str, init: dict) -> None:
+    """Check a ``Pretrained`` init_cfg checkpoint (ours: the classification trainer's ``{"model": ..., "config"}``
+    or an mmengine checkpoint) against ``module`` before mmengine loads it."""
+    import os.path as osp
+
+    from .compat import load_local_checkpoint
+    if not osp.isfile(osp.expanduser(str(init["checkpoint"]))):
+        return  # URLs and missing files: mmengine's own load handles (and reports) them
+    ckpt = load_local_checkpoint(init["checkpoint"], map_location="cpu")
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    prefix = init.get("prefix")
+    if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    layers = (ckpt.get(CHECKPOINT_KEY) or {}).get("layers") if isinstance(ckpt, dict) else None
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if layers is None and isinstance(config, dict) and isinstance(config.get("sparsity"), dict):
+        sp = config["sparsity"]  # nm_plugins.train.classify: one method/pattern for every masked layer
+        layers = {k[: -len(".nm_mask")]: {"method": sp.get("method"), "pattern": sp.get("pattern")}
+                  for k in state if k.endswith(".nm_mask")}
+    check_checkpoint_layers(module, state, layers, f"{name}.init_cfg checkpoint {init['checkpoint']}")

@@ -4,7 +4,7 @@ Environment:
   IMAGENET_ROOT   ImageNet with train/<class>/ and val/<class>/: run every configs/imagenet/*.yaml row through
                   torchrun (resuming a row from its checkpoint when one exists), then check ci/thresholds/imagenet.yaml.
                   Unset: the proxy grid (dense; STE 2:4, 1:4; SR-STE 2:4, 4:8, 1:4, 2:8; ASP 2:4; SR-STE 2:4 with
-                  lambda_W scaled to the short schedule) x 3 seeds on
+                  lambda_W scaled to the short schedule) x 5 seeds on
                   Fashion-MNIST (configs/imagenet_proxy/fashion_mnist.yaml), checked against ci/thresholds/imagenet_proxy.yaml.
   NPROC_PER_NODE  processes per node for torchrun (default: number of GPUs, else 1); NNODES nodes (default 1;
                   with more, every node runs this target with MASTER_ADDR, MASTER_PORT (default 29500) and its NODE_RANK;
@@ -37,7 +37,7 @@ IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
 PROXY_GRID = [("dense", "2:4", [], ""), ("ste", "2:4", [], ""), ("srste", "2:4", [], ""), ("srste", "4:8", [], ""),
               ("srste", "1:4", [], ""), ("srste", "2:8", [], ""), ("asp", "2:4", [], ""), ("ste", "1:4", [], ""),
               ("srste", "2:4", ["sparsity.decay=0.23"], "decay0.23")]
-PROXY_SEEDS = (0, 1, 2)
+PROXY_SEEDS = (0, 1, 2, 3, 4)  # paired over seeds: the claims' 95% t-intervals need several
 SMOKE_SEEDS = (0, 1)
 # The short SMOKE schedule (the full proxy schedule is the config file itself).
 PROXY_SMOKE_OVERRIDES = ["optim.epochs=2", "data.train_subset=2048", "data.val_subset=2000", "sparsity.asp_prune_epoch=1"]
@@ -123,11 +123,44 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
                         extra={"description": description, "wall_seconds": time.time() - t0,
                                "load_average": {"start": load0[0], "end": os.getloadavg()[0]},
                                "config": str(PROXY_CONFIG.relative_to(REPO)), "smoke": smoke})
+    thresholds = REPO / "ci" / "thresholds" / ("imagenet_proxy_smoke.yaml" if smoke else "imagenet_proxy.yaml")
+    results["per_seed"] = per_seed_values(summaries)
+    results["claims"] = claim_rows(results["per_seed"], thresholds)
     paths = write_results(results, results_dir)
+    paths["plots"] += write_claims(results["claims"], results_dir)
     print(paths["markdown"].read_text())
     print(f"results: {paths['json']}, plots: {', '.join(map(str, paths['plots']))}")
-    thresholds = REPO / "ci" / "thresholds" / ("imagenet_proxy_smoke.yaml" if smoke else "imagenet_proxy.yaml")
     return run_check(paths["json"], thresholds)
+
+
+def per_seed_values(summaries: list, with_model: bool = False) -> dict:
+    """{row: {"top1"|"top5"|"sad": {seed: value}}} of run summaries, for the paired claim statistics."""
+    from nm_plugins.train.report import row_key
+    out: dict = {}
+    for s in summaries:
+        row = out.setdefault(row_key(s, with_model), {})
+        for metric, key in (("top1", "top1"), ("top5", "top5"), ("sad", "sad_final")):
+            row.setdefault(metric, {})[str(s["seed"])] = s[key]
+    return out
+
+
+def claim_rows(per_seed: dict, thresholds: Path) -> list:
+    """The paper's claims of a thresholds file evaluated on per-seed values (ci/claims.py)."""
+    import yaml
+    sys.path.insert(0, str(REPO))
+    from ci.claims import evaluate_claims
+    return evaluate_claims(per_seed, (yaml.safe_load(thresholds.read_text()) or {}).get("claims", []))
+
+
+def write_claims(rows: list, results_dir: Path) -> list:
+    """Append the claims table to results.md and draw claims.png; the plot paths (none without claims)."""
+    if not rows:
+        return []
+    from ci.claims import markdown_claims, plot_claims
+    md = results_dir / "results.md"
+    md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
+                  "data order), 95% t-interval\n\n" + markdown_claims(rows))
+    return [plot_claims(rows, results_dir / "claims.png")]
 
 
 # -------------------------------------------------------------------------------------------- ImageNet
@@ -208,6 +241,8 @@ def reproduce_imagenet(root: str, smoke: bool, results_dir: Path) -> int:
                                "root": root, "smoke": smoke})
     paths = write_results(results, results_dir)
     print(paths["markdown"].read_text())
+    print(f"per row: {runs_dir}/<row>/model_best.pth (best val top-1; the backbones make reproduce-coco-det/-seg read "
+          f"through RUNS_DIR) and checkpoint.pt (last epoch)")
     if smoke:
         print("SMOKE run: the paper thresholds do not apply to a 1-epoch run; skipping ci/thresholds/imagenet.yaml")
         return 0
