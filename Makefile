@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft throughput gpu-smoke loader-bench
+        reproduce-raft throughput gpu-smoke loader-bench mmdet-export
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,3 +43,6 @@ gpu-smoke:  ## each trainer's real-data path on all visible GPUs (torchrun, bf16
 
 loader-bench:  ## ImageNet loader images/s, PIL workers vs data.decode=gpu; results/loader/<gpu|cpu>.{json,md}
 	$(PY) -m benchmarks.loader
+
+mmdet-export:  ## plain mmdet checkpoint + config (masks baked in): make mmdet-export CONFIG=... CHECKPOINT=... OUT=export/x.pth
+	$(PY) -m nm_plugins.mmdet.export $(CONFIG) $(CHECKPOINT) $(OUT)
