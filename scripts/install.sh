@@ -47,4 +47,15 @@ elif command -v apt-get >/dev/null; then
 else
   echo "install: apt-get is not available: install Debian's dataset-fashion-mnist or set FASHION_MNIST_DIR to a folder with its IDX files" >&2
 fi
+echo "== German-English dictionary (Debian dict-de-en, the translation proxy's corpus)"
+if [ -f /usr/share/dictd/german-english.dict.dz ]; then
+  echo "   already installed"
+elif command -v apt-get >/dev/null; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  if ! { $SUDO apt-get install -y -q dict-de-en >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dict-de-en >/dev/null; }; }; then
+    echo "install: could not apt-get install dict-de-en; the translation proxy needs it (or DICT_DE_EN_DIR)" >&2
+  fi
+else
+  echo "install: apt-get is not available: install Debian's dict-de-en or set DICT_DE_EN_DIR to a folder with german-english.index and german-english.dict.dz" >&2
+fi
 echo "install: done"

@@ -1,0 +1,86 @@
+"""Translation configuration: YAML file (with ``base:``) + ``section.key=value`` overrides over defaults."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from nm_plugins.train.config import read_yaml
+
+# Every key a translation config may set, with its default (Transformer-base on WMT14 En-De).
+DEFAULTS = {
+    "name": "run",
+    "model": {"d_model": 512, "ffn": 2048, "heads": 8, "enc_layers": 6, "dec_layers": 6, "dropout": 0.1,
+              "attn_dropout": 0.0, "pre_norm": False, "max_positions": 1024},
+    "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4},
+    "data": {"corpus": "wmt14_en_de", "root": None, "src": "en", "tgt": "de", "vocab_size": 32000,
+             "max_tokens": 4096, "max_len": 250, "max_len_ratio": 1.5, "min_words": 2, "max_words": 10,
+             "common_words": None, "split_fractions": [0.02, 0.02],
+             "train_subset": None, "valid_subset": None, "test_subset": None, "cache_dir": "data/translation",
+             "vocab_sentences": 2000000},
+    "optim": {"max_steps": 100000, "lr": 7.0e-4, "warmup_steps": 4000, "betas": [0.9, 0.98], "eps": 1.0e-9,
+              "weight_decay": 0.0, "label_smoothing": 0.1, "clip_norm": 0.0, "update_freq": 1},
+    "train": {"seed": 0, "device": "auto", "amp": True, "out_dir": None, "log_every": 100, "eval_every": 5000,
+              "ckpt_every": 1000, "keep_last": 5, "average_last": 5, "stop_after_step": None, "threads": None,
+              "progress": True},
+    "decode": {"beam": 4, "lenpen": 0.6, "max_len_a": 1.0, "max_len_b": 50, "batch_sentences": 128,
+               "examples": 5},
+}
+CORPORA = ("wmt14_en_de", "dict_de_en")
+
+
+def _merge(base: dict, new: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in new.items():
+        if key not in base:
+            raise ValueError(f"config: unknown key '{where}{key}'; known keys here: {', '.join(sorted(base))}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config: {where}{key} must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
+    """Defaults, then the YAML file (its ``base:`` file underneath), then ``section.key=value`` overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        config = _merge(config, read_yaml(Path(path)), "")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.max_steps=100)")
+        key, _, raw = item.partition("=")
+        tree = node = {}
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        config = _merge(config, tree, "")
+    validate(config)
+    return config
+
+
+def validate(c: dict) -> None:
+    """Raise ValueError naming the first setting that cannot work."""
+    if c["data"]["corpus"] not in CORPORA:
+        raise ValueError(f"config: data.corpus must be one of {', '.join(CORPORA)}, got {c['data']['corpus']!r}")
+    if c["sparsity"]["method"] not in ("srste", "ste", "dense"):
+        raise ValueError(f"config: sparsity.method {c['sparsity']['method']!r} is not srste, ste or dense")
+    if {c["data"]["src"], c["data"]["tgt"]} != {"en", "de"}:
+        raise ValueError(f"config: data.src/data.tgt must be en and de (either way), got {c['data']['src']!r}/{c['data']['tgt']!r}")
+    for section, key in (("optim", "max_steps"), ("data", "max_tokens"), ("optim", "update_freq"), ("train", "ckpt_every"),
+                         ("train", "eval_every"), ("train", "log_every"), ("decode", "beam"), ("model", "d_model")):
+        v = c[section][key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"config: {section}.{key} must be a positive integer, got {v!r}")
+    for section, key in (("optim", "lr"), ("optim", "eps"), ("optim", "label_smoothing"), ("sparsity", "decay"),
+                         ("model", "dropout"), ("decode", "lenpen")):
+        v = c[section][key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"config: {section}.{key} must be a number >= 0, got {v!r} (YAML reads 3e-3 as text: write 3.0e-3)")
+    if not isinstance(c["optim"]["warmup_steps"], int) or c["optim"]["warmup_steps"] < 0:
+        raise ValueError(f"config: optim.warmup_steps must be an integer >= 0, got {c['optim']['warmup_steps']!r}")
