@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft throughput gpu-smoke loader-bench mmdet-export
+        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ coco-proxy-data:  ## generate the COCO-format Fashion-MNIST detection proxy into
 
 reproduce-raft:  ## sparse RAFT on FlyingChairs & co (dataset roots) or the synthetic proxy; SMOKE=1 short
 	$(PY) -m nm_plugins.raft.reproduce
+
+reproduce-translation:  ## Transformer N:M translation on WMT14 En-De (WMT_ROOT) or the dict-de-en proxy; SMOKE=1 short
+	$(PY) -m nm_plugins.translation.reproduce
 
 throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)
 	$(PY) -m benchmarks.throughput
