@@ -13,7 +13,18 @@ results.json holds a flat ``"metrics": {name: number}`` mapping (plus anything e
       - {metric: "x", min: 1.0, claim: "text shown in the table"}
 
 A check names one of min/max/ge/le; ``margin`` (default 0) shifts the reference. A metric missing from
-the results fails its check.
+the results fails its check. Checks are for regressions against committed figures and for facts (valid
+masks, parameter ratios), not for the paper's claims.
+
+The paper's claims go under ``claims:`` and are judged on the results' per-seed values (``"per_seed":
+{row: {metric: {seed: value}}}``) by paired differences with a 95% t-interval (ci/claims.py):
+
+    claims:
+      - {claim: "SR-STE > STE at 2:4", a: "srste_2:4", b: "ste_2:4", metric: top1, kind: greater}
+      - {claim: "SAD(SR-STE) < SAD(STE)", a: "srste_2:4", b: "ste_2:4", metric: sad, kind: less}
+      - {claim: "2:4 ~ dense", a: "srste_2:4", b: "dense", metric: top1, kind: equivalent, margin: 0.3}
+
+A claim that is contradicted (or has no per-seed values) fails; "not significant" is reported, not failed.
 """
 from __future__ import annotations
 
@@ -22,6 +33,11 @@ import sys
 from pathlib import Path
 
 import yaml
+
+try:
+    from ci import claims as claims_mod
+except ImportError:  # run as a script from ci/
+    import claims as claims_mod
 
 
 def evaluate(metrics: dict, checks: list) -> list:
@@ -67,14 +83,23 @@ def main(argv=None) -> int:
         if not p.is_file():
             print(f"ci.check: {p} does not exist", file=sys.stderr)
             return 2
-    metrics = json.loads(results_path.read_text()).get("metrics", {})
+    results = json.loads(results_path.read_text())
+    metrics = results.get("metrics", {})
     spec = yaml.safe_load(thresholds_path.read_text())
     rows = evaluate(metrics, spec.get("checks", []))
     print(f"Threshold check: {results_path} against {thresholds_path} ({spec.get('name', '')})")
     print(format_table(rows))
     failed = [r for r in rows if not r[3]]
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; {len(failed)} FELL SHORT" if failed else ""))
-    return 1 if failed else 0
+    claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}), spec.get("claims", []))
+    bad_claims = claims_mod.failed(claim_rows)
+    if claim_rows:
+        print("\nPaper claims (paired differences over seeds, 95% t-interval):")
+        print(claims_mod.format_claims(claim_rows))
+        counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in
+                  (claims_mod.HOLDS, claims_mod.NOT_SIGNIFICANT, claims_mod.CONTRADICTED, "missing")}
+        print(", ".join(f"{n} {v}" for v, n in counts.items() if n) + (f"; {len(bad_claims)} FAIL" if bad_claims else ""))
+    return 1 if failed or bad_claims else 0
 
 
 if __name__ == "__main__":

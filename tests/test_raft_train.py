@@ -104,9 +104,9 @@ def test_make_reproduce_raft_smoke_passes_its_threshold_check():
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_and_resume(tmp_path):
-    """torchrun with 2 processes (gloo on CPU): both ranks train on their shard; --resume continues the run."""
+    """torchrun with 2 processes (gloo on CPU): both ranks train on their shard of the global batch 2; --resume continues."""
     args = ["--config", str(REPO / "configs" / "raft" / "proxy.yaml"), "--set", "device=cpu",
-            "--set", "data.batch_size=1", "--set", "train.iters=2", "--set", "train.ckpt_every=1",
+            "--set", "data.batch_size=2", "--set", "train.iters=2", "--set", "train.ckpt_every=1",
             "--set", "eval.iters={proxy: 2}", "--set", "eval.batch_size=2",
             "--set", f"data.proxy={{count: 4, val_count: 2, size: 128, seed: 0, cache_dir: '{tmp_path / 'cache'}'}}",
             "--set", f"out_dir={tmp_path / 'runs' / '{tag}'}"]

@@ -6,6 +6,11 @@ when present -> results/raft/. Without it: raft_small dense vs 2:4 SR-STE vs 2:4
 FlyingChairs-like proxy -> results/raft-proxy/. Both write results.json, results.md and flow.png, then run
 the threshold check (ci/thresholds/raft[_proxy].yaml). ``SMOKE=1``: a few steps of each run (minutes), written
 under runs/ and checked against ci/thresholds/raft_proxy_smoke.yaml (proxy) or raft_real_smoke.yaml (datasets).
+
+Every run is repeated for each seed of ``RAFT_SEEDS`` (comma-separated; default 0,1,2 on the proxy, 0 on the
+datasets): same seed = same initialisation and data order for every method, so the paper's claims are judged on
+paired per-seed differences (ci/claims.py); metrics are means over the seeds. ``RAFT_AUTHORS=1`` trains the
+chairs stage with configs/raft/chairs_authors.yaml (fp32, SR-STE decay on every layer call) instead of chairs.yaml.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .visualize import flow_grid_png
 REPO = Path(__file__).resolve().parents[2]
 PROXY_RUNS = (("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"))
 REAL_RUNS = (("dense", "2:4"), ("srste", "2:4"))
+PROXY_SEEDS, REAL_SEEDS = (0, 1, 2), (0,)
 REAL_EVAL = {"chairs": "chairs", "sintel_clean": "sintel", "sintel_final": "sintel", "kitti": "kitti"}
 SMOKE_PROXY = {"optim": {"steps": 3}, "data": {"proxy": {"count": 24, "val_count": 8, "size": 128, "seed": 0}},
                "train": {"ckpt_every": 2, "log_every": 1, "sad_every": 1}, "eval": {"batch_size": 8}}
@@ -37,24 +43,81 @@ def _label(method: str, pattern: str) -> str:
     return "dense" if method == "dense" else f"{method}_{pattern}"
 
 
-def _run_all(stage_configs, smoke_extra: dict | None, keep: int) -> dict:
-    """Train/evaluate every (method, pattern) through the given chain of stage configs; {label: results}."""
-    out = {}
-    for method, pattern in stage_configs["runs"]:
-        weights, stages = None, {}
-        for stage in stage_configs["stages"]:
-            extra = {"model": {"method": method, "pattern": pattern, "weights": weights},
-                     "eval": {"sets": stage_configs["eval_sets"], "keep": keep}}
-            cfg = load_config(REPO / "configs" / "raft" / f"{stage}.yaml", extra=extra)
-            if smoke_extra:
-                cfg = _deep_update(cfg, smoke_extra)
-                cfg["name"] += "-smoke"
-            res = run(cfg, resume=not smoke_extra, keep_samples=keep)  # full runs continue after a crash
-            stages[stage] = res["val"]
-            weights = str(out_dir(cfg) / "final.pth")
-        res["stages"] = stages
-        out[_label(method, pattern)] = res
+def _seeds(default: tuple) -> tuple:
+    """The seeds of ``RAFT_SEEDS`` (comma-separated integers), else ``default``."""
+    raw = os.environ.get("RAFT_SEEDS", "").strip()
+    if not raw:
+        return default
+    try:
+        seeds = tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"reproduce-raft: RAFT_SEEDS={raw!r} is not a comma-separated list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"reproduce-raft: RAFT_SEEDS={raw!r} must name distinct seeds")
+    return seeds
+
+
+def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> dict:
+    """Train/evaluate every (method, pattern) through the given chain of stage configs, for every seed;
+    {seed: {label: results}}."""
+    by_seed = {}
+    for seed in seeds:
+        out = by_seed[seed] = {}
+        for method, pattern in stage_configs["runs"]:
+            weights, stages = None, {}
+            for stage in stage_configs["stages"]:
+                extra = {"model": {"method": method, "pattern": pattern, "weights": weights},
+                         "eval": {"sets": stage_configs["eval_sets"], "keep": keep}, "train": {"seed": seed}}
+                cfg = load_config(REPO / "configs" / "raft" / f"{stage_configs.get('files', {}).get(stage, stage)}.yaml",
+                                  extra=extra)
+                cfg["name"] += f"-s{seed}" if seed != 0 else ""
+                if smoke_extra:
+                    cfg = _deep_update(cfg, smoke_extra)
+                    cfg["name"] += "-smoke"
+                res = run(cfg, resume=not smoke_extra, keep_samples=keep)  # full runs continue after a crash
+                stages[stage] = res["val"]
+                weights = str(out_dir(cfg) / "final.pth")
+            res["stages"], res["seed"] = stages, seed
+            out[_label(method, pattern)] = res
+    return by_seed
+
+
+def mean_metrics(by_seed: dict, baseline: dict | None) -> dict:
+    """:func:`flat_metrics` averaged over the seeds (every key the seeds share)."""
+    flats = [flat_metrics(runs, baseline) for runs in by_seed.values()]
+    return {k: sum(f[k] for f in flats) / len(flats) for k in flats[0] if all(k in f for f in flats)}
+
+
+def per_seed_values(by_seed: dict) -> dict:
+    """{label: {metric: {seed: value}}}: the last stage's first evaluation set (EPE, 1/3/5px, Fl-all), SAD, and
+    with real datasets ``after_<stage>/<set>/epe`` of every stage."""
+    out: dict = {}
+    for seed, runs in by_seed.items():
+        for label, res in runs.items():
+            val = next(iter(res["val"].values()))
+            row = out.setdefault(label, {})
+            for key in ("epe", "1px", "3px", "5px", "fl_all"):
+                row.setdefault(key, {})[str(seed)] = float(val[key])
+            row.setdefault("sad", {})[str(seed)] = float(res["sad_init_norm"])
+            for stage, vals in res.get("stages", {}).items():  # real datasets: every stage's evaluation
+                for set_name, v in vals.items():
+                    if set_name != "proxy":
+                        row.setdefault(f"after_{stage}/{set_name}/epe", {})[str(seed)] = float(v["epe"])
     return out
+
+
+def seeds_table(per_seed: dict) -> str:
+    """Markdown: EPE of every run per seed, with mean and standard deviation."""
+    import statistics
+    seeds = sorted({s for row in per_seed.values() for s in row["epe"]}, key=int)
+    lines = ["| run | " + " | ".join(f"EPE seed {s}" for s in seeds) + " | mean | std |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    for label, row in per_seed.items():
+        vals = [row["epe"][s] for s in seeds if s in row["epe"]]
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        lines.append(f"| {label} | " + " | ".join(f"{row['epe'].get(s, float('nan')):.3f}" for s in seeds)
+                     + f" | {statistics.fmean(vals):.3f} | {std:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _deep_update(base: dict, extra: dict) -> dict:
@@ -126,7 +189,9 @@ def main() -> int:
         needs = {"things": ("things",), "sintel": ("things", "sintel"), "kitti": ("kitti",)}  # sintel mixes in things
         stages = ["chairs"] + [s for s, names in needs.items() if all(available(n) for n in names)]
         eval_sets = [s for s, need in REAL_EVAL.items() if available(need)]
-        spec = {"runs": REAL_RUNS, "stages": stages, "eval_sets": eval_sets}
+        spec = {"runs": REAL_RUNS, "stages": stages, "eval_sets": eval_sets,
+                "files": {"chairs": "chairs_authors"} if os.environ.get("RAFT_AUTHORS", "0") not in ("", "0") else {}}
+        seeds = _seeds(REAL_SEEDS)
         smoke_extra = {"optim": {"steps": 3}, "data": {"batch_size": 2, "workers": 0, "crop": [128, 128]},
                        "train": {"ckpt_every": 2, "log_every": 1, "sad_every": 1}, "eval": {"max_samples": 4}}
         results_dir = REPO / ("runs/raft-smoke" if smoke else "results/raft")
@@ -135,33 +200,59 @@ def main() -> int:
         note = f"Stages: {' -> '.join(stages)}; evaluation: {', '.join(eval_sets)}."
     else:
         spec = {"runs": PROXY_RUNS, "stages": ["proxy"], "eval_sets": ["proxy"]}
+        seeds = _seeds(PROXY_SEEDS if not smoke else (0,))
         smoke_extra = SMOKE_PROXY
         results_dir = REPO / ("runs/raft-proxy-smoke" if smoke else "results/raft-proxy")
         thresholds = REPO / "ci" / "thresholds" / ("raft_proxy_smoke.yaml" if smoke else "raft_proxy.yaml")
         title = "Sparse RAFT on the synthetic FlyingChairs-like proxy (raft_small, CPU)"
         note = ("No dataset roots set (CHAIRS_ROOT, ...): raft_small trained from scratch on the embedded synthetic "
                 "set (Fashion-MNIST objects on moving textured backgrounds, 128x128) as dense, 2:4 SR-STE and "
-                "2:4 STE with the same recipe and seed; EPE on the proxy validation split (valid pixels).")
+                f"2:4 STE with the same recipe, for seeds {list(seeds)} (same seed = same initialisation and data "
+                "order); EPE on the proxy validation split (valid pixels). The first table is seed "
+                f"{seeds[0]}; metrics in results.json are means over the seeds.")
         print("no CHAIRS_ROOT: running the embedded synthetic proxy" + (" (SMOKE)" if smoke else ""))
-    runs = _run_all(spec, smoke_extra if smoke else None, keep=4)
+    load0 = os.getloadavg()[0]
+    by_seed = _run_all(spec, smoke_extra if smoke else None, keep=4, seeds=seeds)
+    runs = by_seed[seeds[0]]
     baseline = None
     if not real:
         proxy_cfg = load_config(REPO / "configs" / "raft" / "proxy.yaml", extra={"data": smoke_extra["data"]} if smoke else None)
         baseline = zero_flow_metrics(val_set("proxy", proxy_cfg["data"]["proxy"]))
     results_dir.mkdir(parents=True, exist_ok=True)
     samples = {label: next(iter(res.pop("samples").values())) for label, res in runs.items()}
+    for other in by_seed.values():
+        for res in other.values():
+            res.pop("samples", None)
     flow_grid_png(results_dir / "flow.png", samples, rows=4)
-    metrics = flat_metrics(runs, baseline)
-    record = {"title": title, "smoke": smoke, "metrics": metrics, "runs": runs, "zero_flow": baseline,
-              "total_time_s": time.time() - start,
+    metrics = mean_metrics(by_seed, baseline)
+    per_seed = per_seed_values(by_seed)
+    claims = _claims(per_seed, thresholds)
+    record = {"title": title, "smoke": smoke, "metrics": metrics, "per_seed": per_seed, "claims": claims,
+              "seeds": list(seeds), "runs": runs, "runs_by_seed": {str(s): r for s, r in by_seed.items()},
+              "zero_flow": baseline, "total_time_s": time.time() - start,
+              "load_average": {"start": load0, "end": os.getloadavg()[0]},
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
     (results_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
-    (results_dir / "results.md").write_text(markdown_table(runs, baseline, title, note))
+    md = markdown_table(runs, baseline, title, note) + "\n## EPE per seed\n\n" + seeds_table(per_seed)
+    if claims:
+        from ci.claims import markdown_claims, plot_claims
+        md += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
+               "95% t-interval\n\n" + markdown_claims(claims))
+        plot_claims(claims, results_dir / "claims.png")
+    (results_dir / "results.md").write_text(md)
     print((results_dir / "results.md").read_text())
     print(f"wrote {results_dir}/results.json, results.md, flow.png in {time.time() - start:.0f} s")
     return subprocess.call([sys.executable, "-m", "ci.check", str(results_dir / "results.json"), str(thresholds)],
                            cwd=REPO)
+
+
+def _claims(per_seed: dict, thresholds: Path) -> list:
+    """The claims of a thresholds file judged on the per-seed values (ci/claims.py)."""
+    import yaml
+    sys.path.insert(0, str(REPO))
+    from ci.claims import evaluate_claims
+    return evaluate_claims(per_seed, (yaml.safe_load(thresholds.read_text()) or {}).get("claims", []))
 
 
 if __name__ == "__main__":

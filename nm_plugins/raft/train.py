@@ -7,6 +7,14 @@ RAFT recipe: sequence loss (gamma, max-flow), AdamW, one-cycle LR (linear, pct_s
 spans steps + ``schedule_extra_steps`` = 100, so it ends just above 0), gradient clipping, 12 flow updates.
 Writes ``last.pth`` (atomic, every ``ckpt_every`` steps, for ``--resume``), ``final.pth`` (model weights),
 ``log.jsonl`` + TensorBoard (loss, EPE, LR, SAD) and ``results.json`` to ``out_dir``.
+
+``data.batch_size`` is the GLOBAL batch (over all torchrun processes; each takes batch_size / world_size, which
+must divide), as in the authors' recipe (batch 4 over 2 GPUs). Precision: ``train.amp`` = bf16 autocast of the
+training forward on CUDA (fp32 when false, as the authors trained); ``train.corr_fp32`` keeps the correlation
+volume and its lookups in fp32 under autocast (RAFT's own mixed-precision mode); ``eval.amp`` (null: as
+``train.amp``) sets the evaluation precision. ``model.decay_mode``: when the SR-STE decay is added, ``step``
+(once per optimizer step, default) or ``call`` (the authors': every time a layer is called, 12x per step for
+RAFT's update block).
 """
 from __future__ import annotations
 
@@ -34,14 +42,15 @@ from .model import create
 
 DEFAULTS = {
     "name": "raft", "stage": "chairs", "out_dir": "runs/raft/{name}/{tag}", "device": "auto", "threads": None,
-    "model": {"size": "large", "pattern": "2:4", "method": "srste", "decay": 2.0e-4, "weights": None},
+    "model": {"size": "large", "pattern": "2:4", "method": "srste", "decay": 2.0e-4, "decay_mode": "step",
+              "weights": None},
     "data": {"crop": [368, 496], "batch_size": 4, "workers": 4, "proxy": {}},
     "optim": {"lr": 4.0e-4, "weight_decay": 1.0e-4, "eps": 1.0e-8, "steps": 200000, "pct_start": 0.05, "clip": 1.0,
               "schedule_extra_steps": 100},
     "loss": {"gamma": 0.8, "max_flow": 400.0},
-    "train": {"iters": 12, "seed": 0, "amp": True, "freeze_bn": False, "log_every": 100, "val_every": 5000,
-              "ckpt_every": 5000, "sad_every": 1000},
-    "eval": {"sets": ["chairs"], "iters": {}, "max_samples": None, "batch_size": 1, "keep": 0},
+    "train": {"iters": 12, "seed": 0, "amp": True, "corr_fp32": False, "freeze_bn": False, "log_every": 100,
+              "val_every": 5000, "ckpt_every": 5000, "sad_every": 1000},
+    "eval": {"sets": ["chairs"], "iters": {}, "max_samples": None, "batch_size": 1, "keep": 0, "amp": None},
 }
 
 
@@ -120,6 +129,50 @@ def masks_valid(model) -> float:
     return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
 
 
+def per_process_batch(global_batch: int, world: int) -> int:
+    """Each process's share of the global ``data.batch_size``; ValueError when it does not divide."""
+    global_batch = int(global_batch)
+    if global_batch < 1 or global_batch % world:
+        raise ValueError(f"data.batch_size {global_batch} is the global batch and must be a positive multiple of "
+                         f"the number of processes ({world})")
+    return global_batch // world
+
+
+def correlation_in_fp32(model: nn.Module) -> nn.Module:
+    """Make RAFT build its correlation pyramid and look it up in fp32 even under autocast (RAFT's own
+    mixed-precision mode: features cast to float, autocast off for the correlation); returns ``model``."""
+    raft = getattr(model, "module", model)
+    corr = raft.corr_block
+    build, index = corr.build_pyramid, corr.index_pyramid
+
+    def build_pyramid(fmap1, fmap2):
+        with torch.autocast(fmap1.device.type, enabled=False):
+            return build(fmap1.float(), fmap2.float())
+
+    def index_pyramid(centroids_coords):
+        with torch.autocast(centroids_coords.device.type, enabled=False):
+            return index(centroids_coords.float())
+
+    corr.build_pyramid, corr.index_pyramid = build_pyramid, index_pyramid
+    return model
+
+
+def set_decay_mode(model: nn.Module, mode: str) -> None:
+    """Set when every N:M layer adds its SR-STE decay: ``step`` (default) or ``call`` (the authors')."""
+    if mode not in ("step", "call"):
+        raise ValueError(f"model.decay_mode must be 'step' or 'call', got {mode!r}")
+    for name, layer in sparse_layers(getattr(model, "module", model)):
+        if mode != "step" and not hasattr(layer, "decay_mode"):
+            raise ValueError(f"model.decay_mode={mode!r} needs the core's decay_mode option (layer {name} has none)")
+        if hasattr(layer, "decay_mode"):
+            layer.decay_mode = mode
+
+
+def eval_amp(cfg: dict) -> bool:
+    """Evaluation precision: ``eval.amp``, or ``train.amp`` when that is null."""
+    return bool(cfg["train"]["amp"] if cfg["eval"]["amp"] is None else cfg["eval"]["amp"])
+
+
 def _epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
@@ -138,7 +191,7 @@ def validate(model, cfg: dict, device, keep: int = 0) -> dict:
         ds = val_set(name, cfg["data"]["proxy"])
         out[name] = evaluate(model, ds, iters=iters, device=device, batch_size=ev["batch_size"],
                              pad_mode="kitti" if name == "kitti" else "sintel", max_samples=ev["max_samples"],
-                             amp=cfg["train"]["amp"], keep=keep)
+                             amp=eval_amp(cfg), keep=keep)
     return out
 
 
@@ -169,6 +222,9 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     run_dir = out_dir(cfg)
     seed_everything(tcfg["seed"] + dist_info.rank)
     model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"]).to(device)
+    set_decay_mode(model, mcfg["decay_mode"])
+    if tcfg["corr_fp32"]:
+        correlation_in_fp32(model)
     report = model.sparsity_report
     raw = model
     if dist_info.world_size > 1:
@@ -180,7 +236,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
                                                     anneal_strategy="linear")
     tracker = SADTracker(raw)
     dataset = train_set(cfg["stage"], dcfg["crop"], dcfg["proxy"])
-    batch = int(dcfg["batch_size"])
+    batch = per_process_batch(dcfg["batch_size"], dist_info.world_size)
     step, epoch, offset, train_time = 0, 0, 0, 0.0
     ckpt_path = run_dir / "last.pth"
     state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
