@@ -9,7 +9,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from nm_plugins.core import SADTracker, check_sparse_state_dict, is_valid_nm_mask, sparse_layers
+from nm_plugins.core import SADTracker, apply_srste_decay, check_sparse_state_dict, is_valid_nm_mask, sparse_layers
 
 CHECKPOINT_KEY = "nm_sparsity"
 
@@ -70,6 +70,7 @@ class NMSparsityHook(Hook):
         if not layers:
             print_log("NMSparsityHook: the model has no N:M layers; nothing to track", logger="current", level=30)
             return
+        _decay_before_clipping(runner.optim_wrapper)
         if self._resume_masks is not None:
             mismatched = 0
             for name, layer in layers.items():
@@ -210,3 +211,22 @@ def _check_pretrained(module: torch.nn.Module, name: str, init: dict) -> None:
         layers = {k[: -len(".nm_mask")]: {"method": sp.get("method"), "pattern": sp.get("pattern")}
                   for k in state if k.endswith(".nm_mask")}
     check_checkpoint_layers(module, state, layers, f"{name}.init_cfg checkpoint {init['checkpoint']}")
+
+
+def _decay_before_clipping(optim_wrapper) -> None:
+    """With ``clip_grad`` set, add the owed SR-STE decay just before mmengine clips (after AmpOptimWrapper has
+    unscaled), so the clipped gradient includes it, as in the authors' code; without clipping the optimizer step
+    adds it. Wraps each wrapper's ``clip_func`` once."""
+    wrappers = getattr(optim_wrapper, "optim_wrappers", None)
+    for wrapper in (wrappers.values() if isinstance(wrappers, dict) else [optim_wrapper]):
+        clip = getattr(wrapper, "clip_func", None)
+        if clip is None or getattr(clip, "_adds_srste_decay", False):
+            continue
+
+        def clip_with_decay(params, *args, _clip=clip, **kwargs):
+            params = list(params)
+            apply_srste_decay(params)
+            return _clip(params, *args, **kwargs)
+
+        clip_with_decay._adds_srste_decay = True
+        wrapper.clip_func = clip_with_decay

@@ -31,7 +31,7 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader
 
-from nm_plugins.core import SADTracker, count_params_flops, is_valid_nm_mask, sparse_layers
+from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
@@ -285,6 +285,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
                 raise FloatingPointError(f"RAFT loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            apply_srste_decay(raw.parameters())  # the decay is part of the clipped gradient, as in the authors' code
             torch.nn.utils.clip_grad_norm_(raw.parameters(), ocfg["clip"])
             optimizer.step()
             scheduler.step()
