@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export
+        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export eval-imagenet
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,3 +49,6 @@ loader-bench:  ## ImageNet loader images/s, PIL workers vs data.decode=gpu; resu
 
 mmdet-export:  ## plain mmdet checkpoint + config (masks baked in): make mmdet-export CONFIG=... CHECKPOINT=... OUT=export/x.pth
 	$(PY) -m nm_plugins.mmdet.export $(CONFIG) $(CHECKPOINT) $(OUT)
+
+eval-imagenet:  ## top-1/5 and N:M mask check of a checkpoint (ours, timm's or the authors') on IMAGENET_ROOT/val; MODEL=, OUT= optional
+	$(PY) -m nm_plugins.train.evaluate --model $(or $(MODEL),nm_resnet50_srste_2_4) --checkpoint $(CHECKPOINT) --imagenet-root $(IMAGENET_ROOT) $(if $(OUT),--out $(OUT))
