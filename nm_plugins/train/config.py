@@ -26,7 +26,9 @@ DEFAULTS = {
 DATASETS = ("imagenet", "fashion_mnist")
 
 
-def _merge(base: dict, new: dict, where: str) -> dict:
+def merge_config(base: dict, new: dict, where: str = "") -> dict:
+    """``base`` updated by ``new`` recursively; a key ``base`` does not have raises ValueError naming it
+    (``kwargs`` mappings are free-form)."""
     out = copy.deepcopy(base)
     for key, value in new.items():
         if key not in base:
@@ -34,7 +36,7 @@ def _merge(base: dict, new: dict, where: str) -> dict:
         if isinstance(base[key], dict) and key != "kwargs":
             if not isinstance(value, dict):
                 raise ValueError(f"config: {where}{key} must be a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+            out[key] = merge_config(base[key], value, f"{where}{key}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -53,14 +55,14 @@ def apply_override(config: dict, item: str) -> dict:
         node[key] = {}
         node = node[key]
     node[keys[-1]] = value
-    return _merge(config, tree, "")
+    return merge_config(config, tree, "")
 
 
 def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
     """Defaults, then the YAML file (may name a ``base:`` file relative to itself), then overrides."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        config = _merge(config, read_yaml(Path(path)), "")
+        config = merge_config(config, read_yaml(Path(path)), "")
     for item in overrides:
         config = apply_override(config, item)
     validate(config)

@@ -4,9 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import yaml
-
-from nm_plugins.train.config import read_yaml
+from nm_plugins.train.config import apply_override, merge_config, read_yaml
 
 # Every key a translation config may set, with its default (Transformer-base on WMT14 En-De).
 DEFAULTS = {
@@ -30,36 +28,13 @@ DEFAULTS = {
 CORPORA = ("wmt14_en_de", "dict_de_en")
 
 
-def _merge(base: dict, new: dict, where: str) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in new.items():
-        if key not in base:
-            raise ValueError(f"config: unknown key '{where}{key}'; known keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ValueError(f"config: {where}{key} must be a mapping, got {value!r}")
-            out[key] = _merge(base[key], value, f"{where}{key}.")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
     """Defaults, then the YAML file (its ``base:`` file underneath), then ``section.key=value`` overrides."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        config = _merge(config, read_yaml(Path(path)), "")
+        config = merge_config(config, read_yaml(Path(path)))
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.max_steps=100)")
-        key, _, raw = item.partition("=")
-        tree = node = {}
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node[part] = {}
-            node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-        config = _merge(config, tree, "")
+        config = apply_override(config, item)
     validate(config)
     return config
 
