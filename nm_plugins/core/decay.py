@@ -15,6 +15,8 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from .mask_triton import _FLAGS, raise_if_nonfinite
+
 _PENDING: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -45,8 +47,6 @@ def _names_of_nonfinite_layers() -> str:
 
 
 def _step_pre_hook(optimizer, args, kwargs) -> None:
-    from .mask_triton import _FLAGS, raise_if_nonfinite
-
     if _FLAGS:
         raise_if_nonfinite(_names_of_nonfinite_layers)
     if _PENDING:

@@ -128,7 +128,7 @@ def _kernel_fits(*tensors: torch.Tensor) -> bool:
 
 def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None,
                  masked: torch.Tensor | None = None) -> torch.Tensor:
-    if grouped_axis_size(w.shape) % pattern.m:  # the kernel takes whole groups: zero-pad the last one
+    if partial_group_size(w.shape, pattern):  # the kernel takes whole groups: zero-pad the last one
         padded = torch.nn.functional.pad(w.movedim(1, -1), (0, -w.shape[1] % pattern.m)).movedim(-1, 1)
         mask = _kernel_mask(padded.contiguous(), pattern, None)[:, : w.shape[1]]
         out = mask.contiguous() if out is None else out.copy_(mask)
@@ -194,9 +194,10 @@ def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor 
     if masked is not None and (masked.shape != weight.shape or masked.dtype != weight.dtype or masked.device != weight.device):
         raise ValueError(f"nm_mask masked= must be a {weight.dtype} tensor of shape {tuple(weight.shape)} on {weight.device}")
     w = weight.detach()
-    if w.dtype in _TRITON_DTYPES and pattern.m <= 64 and triton_usable(w):
+    implementation = mask_implementation(w, pattern)
+    if implementation == "triton":
         return _triton_mask(w, pattern, out, masked, check_finite)
-    if _KERNEL is not None and w.device.type == "cpu" and w.dtype in _KERNEL_DTYPES and pattern.m <= 64:
+    if implementation == "c-kernel":
         mask = _kernel_mask(w, pattern, out, masked)
         if out is not None and mask is not out:
             mask = out.copy_(mask)

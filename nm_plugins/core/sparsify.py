@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .layers import DECAY_MODES, DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
+from .mask import partial_group_size
 from .pattern import NMPattern
 
 
@@ -336,8 +337,9 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             else:
                 _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, method, decay, decay_mode))
             kind = SPARSE_TYPES[base].__name__
-            if shape[1] % pattern.m:
-                notes[name] = f"partial group: the last {shape[1] % pattern.m} of {shape[1]} channels zero-padded"
+            partial = partial_group_size(shape, pattern)
+            if partial:
+                notes[name] = f"partial group: the last {partial} of {shape[1]} channels zero-padded"
         report.layers.append(LayerEntry(name, kind, shape, reason is None, reason or notes.get(name, "")))
     return report
 
