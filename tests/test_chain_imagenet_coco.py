@@ -70,10 +70,10 @@ def _make(target: str, env_extra: dict, tmp_path: Path) -> subprocess.CompletedP
 
 
 def test_imagenet_to_coco_chain(tmp_path):
-    from test_classify_imagenet_data import make_imagenet
+    from imagenet_tree import write_imagenet
 
     # 1. reproduce-imagenet, IMAGENET_ROOT path: the R50 SR-STE 2:4 row for 2 epochs on 32x32 crops
-    imagenet = make_imagenet(tmp_path / "imagenet", per_class=(4, 2))
+    imagenet = write_imagenet(tmp_path / "imagenet", per_class=(4, 2))
     out = _make("reproduce-imagenet", {
         "IMAGENET_ROOT": str(imagenet), "SMOKE": "1", "NPROC_PER_NODE": "1", "IMAGENET_ROWS": "resnet50_srste_2_4",
         "RESULTS_DIR": str(tmp_path / "results_imagenet"),
@@ -129,10 +129,11 @@ def test_missing_backbone_names_the_file_and_the_command(tmp_path):
 
 def test_best_checkpoint_of_asp_is_a_sparse_epoch(tmp_path):
     """ASP trains dense before its pruning epoch: model_best.pth only ever holds a pruned (fine-tuned) epoch."""
-    from test_classify_imagenet_data import make_imagenet, tiny
+    from imagenet_tree import write_imagenet
+    from test_classify_imagenet_data import tiny
 
     from nm_plugins.train.classify import run
-    root = make_imagenet(tmp_path / "imagenet", per_class=(4, 2))
+    root = write_imagenet(tmp_path / "imagenet", per_class=(4, 2))
     summary = run(tiny(root, tmp_path / "asp", "sparsity.method=asp", "sparsity.asp_prune_epoch=2", "optim.epochs=3"))
     best = torch.load(tmp_path / "asp" / "model_best.pth", map_location="cpu", weights_only=True)
     assert best["epoch"] == summary["best_epoch"] >= 3

@@ -3,28 +3,16 @@ through the paper's config (ResNet-18 SR-STE 2:4) on a folder of generated image
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from nm_plugins.train.classify import run
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import UnreadableImageError, check_imagenet_root
 
+from imagenet_tree import write_imagenet
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "imagenet" / "resnet18_srste_2_4.yaml"
-
-
-def make_imagenet(root: Path, classes=("n01", "n02", "n03"), per_class=(6, 2)) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_class):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 60, (40, 48, 3)) + 60 * c  # classes differ in brightness
-                Image.fromarray(pixels.astype(np.uint8)).save(d / f"img{i}.JPEG", format="JPEG")
-    return root
 
 
 def tiny(root, out, *extra):
@@ -50,7 +38,7 @@ def test_root_errors_name_the_path_and_layout(tmp_path):
 
 
 def test_train_on_imagenet_layout_with_paper_config(tmp_path):
-    root = make_imagenet(tmp_path / "imagenet")
+    root = write_imagenet(tmp_path / "imagenet")
     summary = run(tiny(root, tmp_path / "out"))
     assert summary["status"] == "done" and summary["model"] == "resnet18" and summary["pattern"] == "2:4"
     log = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[-1])
@@ -58,7 +46,7 @@ def test_train_on_imagenet_layout_with_paper_config(tmp_path):
 
 
 def test_unreadable_image_error_or_counted_skip(tmp_path):
-    root = make_imagenet(tmp_path / "imagenet")
+    root = write_imagenet(tmp_path / "imagenet")
     bad = root / "train" / "n02" / "broken.JPEG"
     bad.write_bytes(b"this is not a jpeg")
     with pytest.raises(UnreadableImageError, match="broken.JPEG"):

@@ -64,8 +64,8 @@ def test_aggregate_means_and_metrics():
 
 @pytest.mark.slow
 def test_imagenet_path_smoke_through_torchrun(tmp_path):
-    from test_classify_imagenet_data import make_imagenet
-    root = make_imagenet(tmp_path / "imagenet", per_class=(4, 2))
+    from imagenet_tree import write_imagenet
+    root = write_imagenet(tmp_path / "imagenet", per_class=(4, 2))
     out = _make({"IMAGENET_ROOT": str(root), "SMOKE": "1", "NPROC_PER_NODE": "1", "IMAGENET_ROWS": "resnet18_srste_2_4",
                  "IMAGENET_OVERRIDES": "data.batch_size=6 data.img_size=32 data.workers=0 train.device=cpu",
                  "OMP_NUM_THREADS": "1"}, tmp_path)

@@ -17,22 +17,10 @@ from nm_plugins.train.data import IMAGENET_MEAN, IMAGENET_STD, ImageNetLoader, L
 from nm_plugins.train.gpu_loader import DeviceAugment, DeviceImageNetLoader, decode_batch, rrc_params
 from torchvision.io import read_file
 
+from imagenet_tree import write_imagenet
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "imagenet" / "resnet18_srste_2_4.yaml"
-
-
-def write_jpegs(root: Path, classes=("n01", "n02", "n03"), per_class=(6, 2), size=(40, 48)) -> Path:
-    """ImageNet class folders of smooth random JPEGs (classes differ in brightness)."""
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_class):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(count):
-                base = rng.integers(0, 60, (size[0] // 4, size[1] // 4, 3)).astype(np.uint8) + 60 * c
-                img = Image.fromarray(base).resize((size[1], size[0]), Image.BILINEAR)
-                img.save(d / f"img{i}.JPEG", format="JPEG", quality=95)
-    return root
 
 
 def data_cfg(root, **extra):
@@ -56,7 +44,7 @@ def test_train_augmentation_matches_the_pil_path_for_the_same_draws(tmp_path):
     global generator and DeviceAugment on a generator with the same seed draw the same box, flip and lighting;
     the images then differ only by PIL's uint8 rounding of the resized crop (mean 0.005 measured; a wrong
     flip or crop gives 0.16-0.20)."""
-    root = write_jpegs(tmp_path / "im", per_class=(1, 1), size=(120, 160))
+    root = write_imagenet(tmp_path / "im", per_class=(1, 1), size=(120, 160))
     path = next((root / "train").rglob("*.JPEG"))
     pil = T.Compose([T.RandomResizedCrop(32), T.RandomHorizontalFlip(), T.ToTensor(), Lighting(0.1),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -77,7 +65,7 @@ def test_train_augmentation_matches_the_pil_path_for_the_same_draws(tmp_path):
 
 
 def test_val_resize_and_centre_crop_match_the_pil_path(tmp_path):
-    root = write_jpegs(tmp_path / "im", per_class=(1, 1), size=(90, 150))
+    root = write_imagenet(tmp_path / "im", per_class=(1, 1), size=(90, 150))
     path = next((root / "val").rglob("*.JPEG"))
     pil = T.Compose([T.Resize(int(round(32 * 256 / 224))), T.CenterCrop(32), T.ToTensor(),
                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -88,7 +76,7 @@ def test_val_resize_and_centre_crop_match_the_pil_path(tmp_path):
 
 
 def test_loader_shards_orders_and_labels_like_the_pil_loader(tmp_path):
-    root = write_jpegs(tmp_path / "im")
+    root = write_imagenet(tmp_path / "im")
     for rank in (0, 1):
         cpu = ImageNetLoader(data_cfg(root, decode="cpu"), "train", rank, 2, seed=3)
         dev = DeviceImageNetLoader(data_cfg(root), "train", rank, 2, seed=3, device="cpu")
@@ -106,7 +94,7 @@ def test_loader_shards_orders_and_labels_like_the_pil_loader(tmp_path):
 
 
 def test_unreadable_file_named_or_skipped_and_png_decoded(tmp_path):
-    root = write_jpegs(tmp_path / "im")
+    root = write_imagenet(tmp_path / "im")
     Image.new("RGB", (50, 40), (200, 10, 10)).save(root / "train" / "n01" / "png_named.JPEG", format="PNG")
     (root / "train" / "n02" / "broken.JPEG").write_bytes(b"this is not a jpeg")
     with pytest.raises(UnreadableImageError, match="broken.JPEG"):
@@ -124,7 +112,7 @@ def test_config_key_validated():
 
 
 def test_trainer_runs_with_device_decoding(tmp_path):
-    root = write_jpegs(tmp_path / "im")
+    root = write_imagenet(tmp_path / "im")
     cfg = load_config(CONFIG, [f"data.root={root}", "data.img_size=32", "data.batch_size=6", "data.workers=1",
                                "data.decode=gpu", "optim.epochs=1", "optim.warmup_epochs=0", "train.device=cpu",
                                "train.threads=1", "train.progress=false", f"train.out_dir={tmp_path / 'out'}"])
@@ -136,7 +124,7 @@ def test_trainer_runs_with_device_decoding(tmp_path):
 
 def test_background_preparation_stops_with_the_consumer(tmp_path):
     import threading
-    root = write_jpegs(tmp_path / "im")
+    root = write_imagenet(tmp_path / "im")
     it = iter(DeviceImageNetLoader(data_cfg(root, batch_size=3), "train", 0, 1, seed=0, device="cpu"))
     next(it)
     assert any(t.name == "nm-device-loader" for t in threading.enumerate())
@@ -151,6 +139,6 @@ def test_loader_benchmark_script_writes_both_paths(tmp_path):
     assert [(r["decode"], r["workers"]) for r in out["runs"]] == [("cpu", 0), ("gpu", 0)]
     assert all(r["images"] >= 8 and r["images_per_s"] > 0 and r["epochs"] >= 2 for r in out["runs"])
     assert "| gpu | cpu | 0 |" in (tmp_path / "cpu.md").read_text()
-    empty = DeviceImageNetLoader(data_cfg(write_jpegs(tmp_path / "im"), batch_size=100), "train", 0, 1, 0, "cpu")
+    empty = DeviceImageNetLoader(data_cfg(write_imagenet(tmp_path / "im"), batch_size=100), "train", 0, 1, 0, "cpu")
     with pytest.raises(ValueError, match="no batch"):
         bench.images_per_s(empty)
