@@ -18,11 +18,11 @@ import nm_plugins.mmdet  # noqa: E402,F401
 from mmengine.hooks import Hook  # noqa: E402
 
 from nm_plugins.core import SparseLinear, count_params_flops, sparse_layers  # noqa: E402
-from nm_plugins.mmdet import NMSparsityHook  # noqa: E402
 from nm_plugins.mmdet.export import build_detector  # noqa: E402
 from nm_plugins.mmdet.flops import count_detector  # noqa: E402
-from nm_plugins.mmdet.proxy_data import generate  # noqa: E402
 from nm_plugins.mmdet.train import build_runner  # noqa: E402
+
+from mmdet_tiny import proxy_root, sparsity_hook, tiny_options  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "configs" / "mmdet"
@@ -33,32 +33,11 @@ SPARSE_HEAD = {"model.roi_head.bbox_head.type": "NMShared2FCBBoxHead",
 pytestmark = pytest.mark.slow
 
 
-def _options(root: Path, **extra) -> dict:
-    opts = {"train_dataloader.dataset.data_root": f"{root}/", "val_dataloader.dataset.data_root": f"{root}/",
-            "test_dataloader.dataset.data_root": f"{root}/",
-            "val_evaluator.ann_file": f"{root}/annotations/instances_val.json",
-            "test_evaluator.ann_file": f"{root}/annotations/instances_val.json",
-            "train_dataloader.dataset.indices": 8, "train_cfg.max_epochs": 1, "train_cfg.val_interval": 100,
-            "param_scheduler.0.start_factor": 1.0, "custom_hooks.0.interval": 1,
-            "default_hooks.checkpoint.interval": 1}
-    opts.update(extra)
-    return opts
-
-
-def _hook(runner) -> NMSparsityHook:
-    return next(h for h in runner.hooks if isinstance(h, NMSparsityHook))
-
-
-@pytest.fixture(scope="module")
-def proxy_root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("coco_proxy"), num_train=16, num_val=8, size=96, seed=0)
-
-
 @pytest.fixture(scope="module")
 def sparse_ckpt(proxy_root, tmp_path_factory):
     """A real runner checkpoint of the 2:4 proxy detector after two iterations (HistoryBuffers included)."""
     work = tmp_path_factory.mktemp("sparse")
-    runner = build_runner(SPARSE, _options(proxy_root), str(work))
+    runner = build_runner(SPARSE, tiny_options(proxy_root), str(work))
     runner.train()
     return work / "epoch_1.pth"
 
@@ -68,7 +47,7 @@ def finetuned(proxy_root, sparse_ckpt, tmp_path_factory):
     """``load_from`` the 2:4 checkpoint into the config with N:M shared FCs too (more N:M layers): the
     fine-tuning run, its masks right after loading, and its checkpoint."""
     work = tmp_path_factory.mktemp("finetune")
-    runner = build_runner(SPARSE, _options(proxy_root, load_from=str(sparse_ckpt), **SPARSE_HEAD), str(work))
+    runner = build_runner(SPARSE, tiny_options(proxy_root, load_from=str(sparse_ckpt), **SPARSE_HEAD), str(work))
     loaded = {}
 
     class Capture(Hook):  # the masks after loading, before the first fine-tuning step
@@ -84,7 +63,7 @@ def finetuned(proxy_root, sparse_ckpt, tmp_path_factory):
 
 def test_load_from_starts_a_new_sad_baseline(finetuned, sparse_ckpt):
     runner, loaded, _ = finetuned
-    hook = _hook(runner)
+    hook = sparsity_hook(runner)
     assert hook.loaded == "load_from" and runner.iter == 2
     fcs = [n for n, l in sparse_layers(runner.model) if isinstance(l, SparseLinear)]
     assert fcs == ["roi_head.bbox_head.shared_fcs.0", "roi_head.bbox_head.shared_fcs.1"]
@@ -107,10 +86,10 @@ def test_resume_with_more_nm_layers_keeps_saved_baseline_and_starts_new_ones(pro
     work.mkdir()
     shutil.copy(sparse_ckpt, work / "epoch_1.pth")
     (work / "last_checkpoint").write_text(str(work / "epoch_1.pth"))
-    runner = build_runner(SPARSE, _options(proxy_root, **{"train_cfg.max_epochs": 2}, **SPARSE_HEAD), str(work),
+    runner = build_runner(SPARSE, tiny_options(proxy_root, **{"train_cfg.max_epochs": 2}, **SPARSE_HEAD), str(work),
                           resume=True)
     runner.train()
-    hook = _hook(runner)
+    hook = sparsity_hook(runner)
     saved = torch.load(sparse_ckpt, map_location="cpu")["nm_sparsity"]["sad_tracker"]["initial"]
     assert hook.loaded == "resume" and runner.iter == 4
     for name, mask in saved.items():
@@ -123,7 +102,7 @@ def test_sparse_checkpoint_into_dense_config_is_refused(proxy_root, sparse_ckpt,
     extra = {"load_from": str(sparse_ckpt)}
     if conv_cfg == "plain_conv":
         extra["model.backbone.conv_cfg"] = None
-    runner = build_runner(DENSE, _options(proxy_root, **extra), str(tmp_path / "work"))
+    runner = build_runner(DENSE, tiny_options(proxy_root, **extra), str(tmp_path / "work"))
     with pytest.raises(ValueError, match="backbone.layer1.0.conv1.*unmasked master weights"):
         runner.train()
     assert runner.iter == 0
@@ -137,10 +116,10 @@ def test_sparse_classifier_into_dense_backbone_init_is_refused(proxy_root, tmp_p
     path = save_checkpoint(tmp_path / "model_best.pth",
                            {"model": state, "epoch": 1, "config": {"sparsity": {"method": "srste", "pattern": "2:4"}}})
     init = {"model.backbone.init_cfg": dict(_delete_=True, type="Pretrained", checkpoint=str(path))}
-    runner = build_runner(DENSE, _options(proxy_root, **init), str(tmp_path / "dense"))
+    runner = build_runner(DENSE, tiny_options(proxy_root, **init), str(tmp_path / "dense"))
     with pytest.raises(ValueError, match="backbone.init_cfg checkpoint.*method='dense'"):
         runner.train()
-    runner = build_runner(SPARSE, _options(proxy_root, **init, **{"train_cfg.max_epochs": 0}), str(tmp_path / "ok"))
+    runner = build_runner(SPARSE, tiny_options(proxy_root, **init, **{"train_cfg.max_epochs": 0}), str(tmp_path / "ok"))
     runner.train()  # the sparse config takes it
 
 

@@ -18,35 +18,13 @@ import mmdet  # noqa: E402
 import nm_plugins.mmdet  # noqa: E402,F401
 from nm_plugins.core import is_valid_nm_mask, sparse_layers  # noqa: E402
 from nm_plugins.mmdet import NMSparsityHook  # noqa: E402
-from nm_plugins.mmdet.proxy_data import generate  # noqa: E402
 from nm_plugins.mmdet.train import build_runner  # noqa: E402
+
+from mmdet_tiny import proxy_root, sparsity_hook, tiny_options  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "configs" / "mmdet"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def proxy_root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("coco_proxy"), num_train=16, num_val=8, size=96, seed=0)
-
-
-def _options(root: Path, **extra) -> dict:
-    """A tiny run on ``root``: 8 train images (2 iterations of 4 per epoch), 8 val images."""
-    opts = {"train_dataloader.dataset.data_root": f"{root}/", "val_dataloader.dataset.data_root": f"{root}/",
-            "test_dataloader.dataset.data_root": f"{root}/",
-            "val_evaluator.ann_file": f"{root}/annotations/instances_val.json",
-            "test_evaluator.ann_file": f"{root}/annotations/instances_val.json",
-            "train_dataloader.dataset.indices": 8, "train_cfg.max_epochs": 1, "train_cfg.val_interval": 100,
-            "param_scheduler.0.start_factor": 1.0,  # full lr from the first step: masks do move
-            "custom_hooks.0.interval": 1, "default_hooks.logger.interval": 1,
-            "default_hooks.checkpoint.interval": 1}
-    opts.update(extra)
-    return opts
-
-
-def _hook(runner) -> NMSparsityHook:
-    return next(h for h in runner.hooks if isinstance(h, NMSparsityHook))
 
 
 @pytest.mark.parametrize("config, pattern, keys", [
@@ -54,7 +32,7 @@ def _hook(runner) -> NMSparsityHook:
     ("mask-rcnn_r18-w16_fpn_srste-4-8_proxy.py", "4:8", ["coco/bbox_mAP", "coco/segm_mAP"]),
 ])
 def test_train_iterations_hook_scalars_and_evaluation(tmp_path, proxy_root, config, pattern, keys):
-    runner = build_runner(str(CFG / config), _options(proxy_root), str(tmp_path / "work"))
+    runner = build_runner(str(CFG / config), tiny_options(proxy_root), str(tmp_path / "work"))
     runner.train()
     assert runner.iter == 2
     hub = runner.message_hub
@@ -66,7 +44,7 @@ def test_train_iterations_hook_scalars_and_evaluation(tmp_path, proxy_root, conf
     assert 0.5 < hub.get_scalar("train/nm/model_kept_share").current() < 1.0
     # two steps from scratch move some masks: SAD counts flips against the initial masks
     assert hub.get_scalar("train/nm/sad_init_abs").current() > 0
-    assert len(_hook(runner).tracker.history) == 2
+    assert len(sparsity_hook(runner).tracker.history) == 2
     # the scalars reach mmengine's log backends too
     scalars = list((tmp_path / "work").glob("*/vis_data/scalars.json"))
     assert scalars and "nm/sad_init" in scalars[0].read_text()
@@ -80,10 +58,10 @@ def test_train_iterations_hook_scalars_and_evaluation(tmp_path, proxy_root, conf
 def test_masks_survive_checkpoint_and_resume(tmp_path, proxy_root):
     work = tmp_path / "work"
     config = str(CFG / "faster-rcnn_r18-w16_fpn_srste-2-8_proxy.py")
-    first = build_runner(config, _options(proxy_root), str(work))
+    first = build_runner(config, tiny_options(proxy_root), str(work))
     first.train()
     saved_masks = {n: l.mask().clone() for n, l in sparse_layers(first.model)}
-    initial = {k: v.clone() for k, v in _hook(first).tracker.initial.items()}
+    initial = {k: v.clone() for k, v in sparsity_hook(first).tracker.initial.items()}
     ckpt_path = work / "epoch_1.pth"
     ckpt = torch.load(ckpt_path, map_location="cpu")  # torch's default weights_only=True loader
     assert set(ckpt["nm_sparsity"]["sad_tracker"]["initial"]) == set(saved_masks)
@@ -91,8 +69,8 @@ def test_masks_survive_checkpoint_and_resume(tmp_path, proxy_root):
         assert torch.equal(ckpt["state_dict"][f"{name}.nm_mask"], mask), name
     assert any(not torch.equal(initial[n], saved_masks[n]) for n in saved_masks)  # the topology did move
 
-    second = build_runner(config, _options(proxy_root, **{"train_cfg.max_epochs": 2}), str(work), resume=True)
-    hook = _hook(second)
+    second = build_runner(config, tiny_options(proxy_root, **{"train_cfg.max_epochs": 2}), str(work), resume=True)
+    hook = sparsity_hook(second)
     captured = {}
 
     class Capture(NMSparsityHook):  # reads the masks right after resume, before the first new step
@@ -117,7 +95,7 @@ def test_mmdet_tools_train_runs_our_config(tmp_path, proxy_root):
     """mmdetection's own tools/train.py (shipped in the wheel as mmdet/.mim/tools/train.py) on our config."""
     script = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"
     assert script.is_file()
-    opts = _options(proxy_root, **{"train_dataloader.dataset.indices": 4})
+    opts = tiny_options(proxy_root, **{"train_dataloader.dataset.indices": 4})
     args = [f"{k}={v}".replace(" ", "") for k, v in opts.items()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(script), str(CFG / "mask-rcnn_r18-w16_fpn_srste-2-4_proxy.py"),
@@ -134,7 +112,7 @@ def test_torchrun_launcher_on_cpu(tmp_path, proxy_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    opts = _options(proxy_root)  # 8 images = one iteration of 4 per process
+    opts = tiny_options(proxy_root)  # 8 images = one iteration of 4 per process
     args = [f"{k}={v}".replace(" ", "") for k, v in opts.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
