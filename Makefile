@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export eval-imagenet
+        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export eval-imagenet report
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,3 +52,6 @@ mmdet-export:  ## plain mmdet checkpoint + config (masks baked in): make mmdet-e
 
 eval-imagenet:  ## top-1/5 and N:M mask check of a checkpoint (ours, timm's or the authors') on IMAGENET_ROOT/val; MODEL=, OUT= optional
 	$(PY) -m nm_plugins.train.evaluate --model $(or $(MODEL),nm_resnet50_srste_2_4) --checkpoint $(CHECKPOINT) --imagenet-root $(IMAGENET_ROOT) $(if $(OUT),--out $(OUT))
+
+report:  ## static HTML report of every experiment against the paper: results/index.html (+ results/report_top.png with chromium)
+	$(PY) -m nm_plugins.report --screenshot results/report_top.png

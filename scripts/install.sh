@@ -58,4 +58,15 @@ elif command -v apt-get >/dev/null; then
 else
   echo "install: apt-get is not available: install Debian's dict-de-en or set DICT_DE_EN_DIR to a folder with german-english.index and german-english.dict.dz" >&2
 fi
+echo "== Chromium (Debian chromium: make report's test renders the page in a headless browser)"
+if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
+  echo "   already installed"
+elif command -v apt-get >/dev/null; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  if ! { $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }; }; then
+    echo "install: could not apt-get install chromium; tests/test_report.py skips its browser test without it (or set CHROMIUM=/path)" >&2
+  fi
+else
+  echo "install: apt-get is not available: install Chromium (or set CHROMIUM=/path/to/chrome) for the report's browser test" >&2
+fi
 echo "install: done"

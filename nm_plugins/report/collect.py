@@ -1,0 +1,224 @@
+"""Reading what the reproductions committed: results.json files, thresholds YAMLs and the paper's reference
+YAML, judged with the code CI uses (``ci.check.evaluate`` and ``ci.claims.evaluate_claims``).
+
+Everything here returns plain dicts and lists ("cells" and "tables") that the template lays out; a number
+cell carries the relative link to the results.json (or reference YAML) it was read from.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+NOT_RUN = "not run"
+NOT_RECORDED = "not recorded"
+
+
+def ci_modules():
+    """``(ci.check, ci.claims)``: the repository's CI code (imported from the checkout, like the reproductions do)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from ci import check, claims
+    return check, claims
+
+
+def load_json(path: Path) -> dict:
+    """The parsed JSON object at ``path``; ValueError naming the file when it is not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"report: {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"report: {path} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def load_yaml(path: Path) -> dict:
+    """The parsed YAML mapping at ``path`` ({} for an empty file); ValueError naming the file otherwise."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"report: {path} holds a {type(data).__name__}, not a mapping")
+    return data
+
+
+def header_comments(path: Path) -> list:
+    """The comment lines at the top of a YAML file (where the reference file names its sources), without '# '."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return lines
+
+
+def rel_href(target: Path, out_dir: Path) -> str:
+    """A relative link from the folder of the page to ``target`` (forward slashes)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(out_dir).resolve())).as_posix()
+
+
+# ------------------------------------------------------------------------------------------------- cells
+def fmt(value, spec: str = "") -> str:
+    """A number as the report prints it (``spec``: a format spec, else a precision chosen by magnitude)."""
+    if value is None:
+        return NOT_RECORDED
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if spec:
+        return format(value, spec)
+    if isinstance(value, int):
+        return str(value)
+    a = abs(value)
+    return f"{value:.1f}" if a >= 1000 else f"{value:.2f}" if a >= 10 else f"{value:.3f}" if a >= 0.1 else f"{value:.4g}"
+
+
+def cell(value, href: str | None = None, key: str | None = None, spec: str = "", text: str | None = None) -> dict:
+    """A table cell: a number linked to the file it comes from (``key`` says where in it), or plain text."""
+    if value is None and text is None:
+        return {"text": NOT_RECORDED, "cls": "missing"}
+    return {"text": text if text is not None else fmt(value, spec), "href": href, "title": key, "cls": "num"}
+
+
+def text_cell(text, cls: str = "") -> dict:
+    """A cell of plain text (never blank: an empty value prints as 'not recorded')."""
+    text = "" if text is None else str(text)
+    return {"text": text or NOT_RECORDED, "cls": cls or ("" if text else "missing")}
+
+
+def table(columns: list, rows: list, caption: str = "", note: str = "") -> dict:
+    """A table for the template: column labels, rows of cells, a caption and a note under it."""
+    return {"columns": columns, "rows": rows, "caption": caption, "note": note}
+
+
+# ------------------------------------------------------------------------------------------- judgements
+def judge(results: dict, thresholds: Path, results_href: str, thresholds_href: str) -> dict:
+    """The thresholds file's checks (``ci.check.evaluate`` on ``metrics``) and the paper's claims
+    (``ci.claims.evaluate_claims`` on ``per_seed``) as tables, with counts and stale stored verdicts."""
+    check, claims_mod = ci_modules()
+    spec = load_yaml(thresholds)
+    checks = check.evaluate(results.get("metrics", {}) or {}, spec.get("checks", []) or [])
+    claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}) or {}, spec.get("claims", []) or [])
+    metrics = results.get("metrics", {}) or {}
+    check_rows = []
+    for spec_row, (desc, value, need, ok) in zip(spec.get("checks", []) or [], checks):
+        key = spec_row["metric"]
+        check_rows.append([text_cell(desc), cell(value, results_href, f'metrics["{key}"]') if key in metrics
+                           else {"text": NOT_RUN, "cls": "notrun"}, text_cell(need),
+                           {"text": "ok" if ok else "FAIL", "cls": "ok" if ok else "fail"}])
+    claim_cells = []
+    for r in claim_rows:
+        interval = "-" if r["lo"] is None else f"[{r['lo']:+.4g}, {r['hi']:+.4g}]"
+        margin = f" (margin {r['margin']:g})" if r["kind"] == "equivalent" else ""
+        verdict = r["verdict"] + (f": {r['note']}" if r.get("note") else "")
+        claim_cells.append([text_cell(r["claim"] + margin), text_cell(r["a"]), text_cell(r["b"]), text_cell(r["metric"]),
+                            cell(r["mean"], results_href, f'per_seed["{r["a"]}"]["{r["metric"]}"] - per_seed["{r["b"]}"]'
+                                 f'["{r["metric"]}"]', "+.4g") if r["mean"] is not None else {"text": NOT_RUN, "cls": "notrun"},
+                            text_cell(interval), text_cell(str(r["n"])),
+                            {"text": verdict, "cls": "verdict-" + r["verdict"].replace(" ", "-")}])
+    stored = {c.get("claim"): c.get("verdict") for c in results.get("claims", []) or [] if isinstance(c, dict)}
+    stale = [f"{r['claim']}: stored '{stored[r['claim']]}', now '{r['verdict']}'" for r in claim_rows
+             if r["claim"] in stored and stored[r["claim"]] != r["verdict"]]
+    counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in ("holds", "not significant", "contradicted", "missing")}
+    passed = sum(1 for *_, ok in checks if ok)
+    return {"thresholds": thresholds.name, "thresholds_href": thresholds_href, "name": spec.get("name", ""),
+            "description": spec.get("description", ""), "passed": passed, "total": len(checks),
+            "checks": table(["check", "value", "required", "result"], check_rows) if check_rows else None,
+            "claims": table(["claim", "A", "B", "metric", "A - B (mean over seeds)", "95% t-interval", "seeds", "verdict"],
+                            claim_cells) if claim_cells else None,
+            "claim_rows": claim_rows, "counts": {k: v for k, v in counts.items() if v}, "stale": stale}
+
+
+# ------------------------------------------------------------------------------------------ environment
+def environment(results: dict) -> list:
+    """(label, value) pairs of where and when the numbers were measured, 'not recorded' where the file says nothing."""
+    m = results.get("machine") or {}
+    env = results.get("env") or {}
+    info = results.get("machine_info") or {}
+    host = m.get("host") or info.get("node")
+    cpu = m.get("cpu") or env.get("cpu") or (info.get("cpu") or {}).get("brand_raw")
+    cores = m.get("cpu_cores") or m.get("cpu_count") or env.get("cores") or (info.get("cpu") or {}).get("count")
+    machine = ", ".join(x for x in [host and f"host {host}", cpu, cores and f"{cores} cores",
+                                    m.get("threads") and f"{m['threads']} torch threads", m.get("platform") or m.get("os")] if x)
+    gpu = m.get("gpu") or env.get("gpu")
+    if not gpu and isinstance(m.get("cuda"), str):
+        gpu = m["cuda"]
+    if gpu == "cpu" or (not gpu and ("cuda" in m and not m["cuda"])):
+        gpu = "none (CPU run)"
+    cuda = env.get("cuda") or (None if "cuda" not in m or isinstance(m.get("cuda"), str) else
+                               ("not available" if not m["cuda"] else None))
+    commit = results.get("commit") or (results.get("commit_info") or {}).get("id")
+    if commit and (results.get("commit_info") or {}).get("dirty"):
+        commit += " (with uncommitted changes)"
+    date = results.get("date") or results.get("datetime")
+    versions = ", ".join(f"{k} {env[k]}" for k in ("cudnn", "cusparselt", "triton", "torchvision") if env.get(k))
+    wall = (results.get("wall_seconds") or (results.get("total_minutes") or 0) * 60 or results.get("total_time_s"))
+    load = results.get("load_average") or {}
+    pairs = [("machine", machine), ("GPU", gpu), ("torch", m.get("torch") or env.get("torch")),
+             ("CUDA", cuda), ("python", m.get("python") or env.get("python") or info.get("python_version")),
+             ("other versions", versions), ("commit", commit), ("date", date),
+             ("wall time", wall and f"{wall / 60:.1f} min"),
+             ("load average (start / end)", load and f"{load.get('start', 0):.2f} / {load.get('end', 0):.2f}")]
+    keep_optional = {"other versions", "wall time", "load average (start / end)"}
+    return [(k, v if v not in (None, "") else NOT_RECORDED) for k, v in pairs if v or k not in keep_optional]
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def split_rows(metrics: dict, rows: list) -> dict:
+    """{row: {metric suffix: value}}: each flat ``row/metric`` key under the longest known row prefix, else its
+    first path element."""
+    out: dict = {r: {} for r in rows}
+    for key, value in metrics.items():
+        row = max((r for r in rows if key.startswith(r + "/")), key=len, default=None)
+        if row is None:
+            row = key.split("/", 1)[0] if "/" in key else ""
+        out.setdefault(row, {})[key[len(row) + 1:] if row else key] = value
+    return out
+
+
+def pivot(results: dict, rows: list, columns: list, href: str, caption: str = "", label: str = "row",
+          seeds: bool = True) -> dict:
+    """A rows x metrics table of ``results['metrics']``: ``columns`` are (suffix pattern, label, format)
+    with fnmatch patterns; a row without a metric shows 'not recorded'; a column no row has is left out."""
+    metrics = results.get("metrics", {}) or {}
+    by_row = split_rows(metrics, rows)
+    cols, seen = [], set()
+    for pattern, name, spec in columns:
+        found = [s for r in rows for s in by_row.get(r, {}) if fnmatch.fnmatchcase(s, pattern) and s not in seen]
+        for suffix in dict.fromkeys(found):
+            seen.add(suffix)
+            cols.append((suffix, name if not any(c in pattern for c in "*?[") else (name or suffix), spec))
+    per_seed = results.get("per_seed", {}) or {}
+    out_rows = []
+    for r in rows:
+        line = [text_cell(r)]
+        if seeds and per_seed:
+            n = max((len(v) for v in per_seed.get(r, {}).values()), default=0)
+            line.append(text_cell(str(n) if n else "-"))
+        for suffix, _, spec in cols:
+            v = by_row.get(r, {}).get(suffix)
+            line.append(cell(v, href, f'metrics["{r}/{suffix}"]', spec) if v is not None else text_cell(None))
+        out_rows.append(line)
+    head = [label] + (["seeds"] if seeds and per_seed else []) + [c[1] for c in cols]
+    return table(head, out_rows, caption)
+
+
+def all_metrics(results: dict, href: str) -> dict:
+    """Every flat metric of a results.json, each linked to the file (for auditing)."""
+    rows = [[text_cell(k), cell(v, href, f'metrics["{k}"]') if isinstance(v, (int, float)) else text_cell(v)]
+            for k, v in (results.get("metrics", {}) or {}).items()]
+    return table(["metric", "value"], rows)
+
+
+def flatten(obj, prefix: str = "") -> list:
+    """(dotted path, value) of every leaf of nested dicts/lists (lists of scalars stay whole)."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, list) and any(isinstance(x, (dict, list)) for x in obj):
+        return [p for i, v in enumerate(obj) for p in flatten(v, f"{prefix}[{i}]")]
+    return [(prefix, obj)]
