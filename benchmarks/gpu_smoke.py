@@ -312,7 +312,7 @@ def interleave(pair: Pair, rounds: int, device) -> dict:
                 out[m]["seconds"].append(seconds)
             if device.type == "cuda":
                 out[m]["peak_mem_gib"] = max(out[m]["peak_mem_gib"], torch.cuda.max_memory_allocated(device) / 2**30)
-    from nm_plugins.core import is_valid_nm_mask, sparse_layers
+    from nm_plugins.core import sparse_layers
     for m in METHODS:
         o = out[m]
         o["images_per_s"] = pair.images_per_chunk / statistics.median(o["seconds"])
@@ -321,7 +321,7 @@ def interleave(pair: Pair, rounds: int, device) -> dict:
         o["loss_fell"] = o["loss_finite"] and o["loss_last"] < o["loss_first"]
         layers = list(sparse_layers(pair.models[m]))
         o["sparse_layers"] = sum(1 for _, layer in layers if layer.method != "dense")
-        o["masks_valid"] = all(is_valid_nm_mask(layer.mask(), layer.pattern) for _, layer in layers if layer.method != "dense")
+        o["masks_valid"] = all(layer.mask_is_valid(layer.mask()) for _, layer in layers if layer.method != "dense")
     paired = [s / d for s, d in zip(out["srste"]["seconds"], out["dense"]["seconds"])]
     out["srste_over_dense"] = statistics.median(paired)
     out["paired_ratios"] = paired

@@ -63,7 +63,7 @@ def test_asp_model_trains_dense_until_pruned():
 
 def test_generic_create_model_any_timm_model():
     model = nmt.create_model("resnet10t", pattern="4:8", method="ste", num_classes=7, in_chans=1)
-    assert model.nm_config == {"pattern": "4:8", "method": "ste", "decay": 0.0}
+    assert model.nm_config == {"pattern": "4:8", "method": "ste", "decay": 0.0, "stem": "dense"}
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
     assert all(str(l.pattern) == "4:8" for _, l in sparse_layers(model))
     with pytest.raises(ValueError, match="unknown N:M method 'magic'"):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .decay import mark_pending
-from .mask import check_groupable, is_valid_nm_mask, masked_grad, nm_mask
+from .mask import check_groupable, check_grouping, is_valid_nm_mask, masked_grad, nm_mask
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
@@ -87,7 +87,7 @@ class SparseMixin:
 
     weight: nn.Parameter
 
-    def _init_sparsity(self, pattern, method, decay, decay_mode="step"):
+    def _init_sparsity(self, pattern, method, decay, decay_mode="step", grouping="channels"):
         if method not in METHODS:
             raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
         if decay_mode not in DECAY_MODES:
@@ -100,7 +100,11 @@ class SparseMixin:
         self.method = method
         self.decay = decay if method == "srste" else 0.0
         self.decay_mode = decay_mode
-        check_groupable(self.weight.shape, self.pattern)
+        self.grouping = check_grouping(grouping)
+        try:
+            check_groupable(self.weight.shape, self.pattern, grouping)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
         self.register_buffer("nm_mask", torch.ones_like(self.weight, dtype=torch.bool))
         self._state = _MaskState()
         self._guard()
@@ -110,6 +114,7 @@ class SparseMixin:
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("decay_mode", "step")
+        self.__dict__.setdefault("grouping", "channels")
         self._guard()  # deepcopy / unpickling: the copied weight gets its own guard
 
     def _guard(self) -> None:
@@ -120,6 +125,15 @@ class SparseMixin:
         if isinstance(w, nn.Parameter) and w.requires_grad:
             w.register_post_accumulate_grad_hook(functools.partial(_grad_arrived, weakref.ref(self)))
             self._state.guarded = weakref.ref(w)
+
+    def _compute_mask(self, weight: torch.Tensor, out: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+        """The one place a layer computes its mask: ``nm_mask`` of ``weight`` with the layer's pattern and grouping."""
+        return nm_mask(weight, self.pattern, out=out, masked=masked, check_finite=False, grouping=self.grouping)
+
+    def mask_is_valid(self, mask: torch.Tensor | None = None) -> bool:
+        """True when ``mask`` (default: the layer's mask buffer) is a valid mask of the layer's pattern in its
+        grouping (see :func:`nm_plugins.core.is_valid_nm_mask`)."""
+        return is_valid_nm_mask(self.nm_mask if mask is None else mask, self.pattern, self.grouping)
 
     def _weight_key(self):
         w = self.weight
@@ -133,7 +147,7 @@ class SparseMixin:
             # the masked weight comes with the mask in the same pass (not needed for ``dense``)
             masked = None if self.method == "dense" else self._masked_buffer()
             with torch.no_grad():
-                nm_mask(self.weight, self.pattern, out=self.nm_mask, masked=masked, check_finite=False)
+                self._compute_mask(self.weight, self.nm_mask, masked)
             self._state.key = key
             if masked is not None:
                 self._state.masked_key = self._masked_key(key)
@@ -182,7 +196,7 @@ class SparseMixin:
         if self.method == "fixed":
             return w * self.nm_mask.view(torch.uint8)
         masked = torch.empty_like(w)
-        nm_mask(w, self.pattern, out=torch.empty_like(w, dtype=torch.bool), masked=masked, check_finite=False)
+        self._compute_mask(w, torch.empty_like(w, dtype=torch.bool), masked)
         return masked
 
     def _masked_key(self, weight_key) -> tuple:
@@ -238,12 +252,13 @@ class SparseMixin:
                 missing_keys.remove(key)
             self._state.key = None
         elif self.method == "fixed":
-            if not is_valid_nm_mask(self.nm_mask, self.pattern):
+            if not self.mask_is_valid():
                 kept, total = int(self.nm_mask.sum()), self.nm_mask.numel()
+                grouping = "" if self.grouping == "channels" else f" in grouping {self.grouping}"
                 error_msgs.append(
-                    f"{key}: the loaded mask of this fixed-mask layer is not a valid {self.pattern} mask (it keeps "
-                    f"{kept} of {total} weights; an all-ones mask comes from a model saved before its masks were "
-                    f"computed): training would not use the pattern the layer reports. Load a checkpoint with "
+                    f"{key}: the loaded mask of this fixed-mask layer is not a valid {self.pattern} mask{grouping} "
+                    f"(it keeps {kept} of {total} weights; an all-ones mask comes from a model saved before its masks "
+                    f"were computed): training would not use the pattern the layer reports. Load a checkpoint with "
                     f"{self.pattern} masks, or recompute them with refresh_masks(model) after loading the weights")
             self._state.key = self._weight_key()
         else:
@@ -251,10 +266,12 @@ class SparseMixin:
 
     def extra_repr(self) -> str:
         mode = "" if self.decay_mode == "step" else f", decay_mode={self.decay_mode}"
+        mode += "" if self.grouping == "channels" else f", grouping={self.grouping}"
         return f"{super().extra_repr()}, pattern={self.pattern}, method={self.method}, decay={self.decay:g}{mode}"
 
     @classmethod
-    def from_dense(cls, module, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step"):
+    def from_dense(cls, module, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step",
+                   grouping="channels"):
         """A sparse layer sharing ``module``'s weight and bias Parameters (optimizers keep working)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
@@ -262,7 +279,7 @@ class SparseMixin:
         new._parameters = dict(module._parameters)
         new._buffers = dict(module._buffers)
         new._modules = dict(module._modules)
-        new._init_sparsity(pattern, method, decay, decay_mode)
+        new._init_sparsity(pattern, method, decay, decay_mode, grouping)
         new.train(module.training)
         return new
 
@@ -270,9 +287,10 @@ class SparseMixin:
 class SparseConv2d(SparseMixin, nn.Conv2d):
     """nn.Conv2d whose forward uses weight ⊙ N:M mask; groups of M input channels at fixed (out, kh, kw)."""
 
-    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step", **kwargs):
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step",
+                 grouping="channels", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_sparsity(pattern, method, decay, decay_mode)
+        self._init_sparsity(pattern, method, decay, decay_mode, grouping)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self._forward_weight(), self.bias)
@@ -281,9 +299,10 @@ class SparseConv2d(SparseMixin, nn.Conv2d):
 class SparseLinear(SparseMixin, nn.Linear):
     """nn.Linear whose forward uses weight ⊙ N:M mask (bias kept); groups of M consecutive input features."""
 
-    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step", **kwargs):
+    def __init__(self, *args, pattern="2:4", method="srste", decay=DEFAULT_DECAY, decay_mode="step",
+                 grouping="channels", **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_sparsity(pattern, method, decay, decay_mode)
+        self._init_sparsity(pattern, method, decay, decay_mode, grouping)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self._forward_weight(), self.bias)

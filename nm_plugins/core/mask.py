@@ -19,9 +19,43 @@ def grouped_axis_size(shape: torch.Size | tuple) -> int:
     return shape[1]
 
 
-def check_groupable(shape: torch.Size | tuple, pattern: NMPattern) -> None:
-    """Raise ValueError unless a weight of this shape has an input-channel axis (dim 1) to group."""
+GROUPINGS = ("channels", "authors_flat")
+
+
+def check_grouping(grouping: str) -> str:
+    """``grouping`` itself when it is one of :data:`GROUPINGS`, else ValueError: ``"channels"`` (M consecutive
+    input channels at each (out, *k), the default) or ``"authors_flat"`` (the authors' ``Sparse_NHWC`` / ``Sparse``:
+    M consecutive entries of the weight laid out [out, *k, in], groups spanning kernel positions and rows)."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"unknown N:M grouping {grouping!r}: expected 'channels' (M consecutive input channels) or "
+                         f"'authors_flat' (M consecutive entries of the weight laid out [out, kh, kw, in])")
+    return grouping
+
+
+def check_groupable(shape: torch.Size | tuple, pattern: NMPattern, grouping: str = "channels") -> None:
+    """Raise ValueError unless a weight of this shape has an input-channel axis (dim 1) to group, and for
+    ``grouping="authors_flat"`` a number of entries divisible by M."""
     grouped_axis_size(shape)
+    if check_grouping(grouping) == "authors_flat":
+        numel = 1
+        for size in shape:
+            numel *= size
+        if numel % pattern.m:
+            raise ValueError(f"grouping='authors_flat' needs a weight whose number of entries divides by M: shape "
+                             f"{tuple(shape)} has {numel} entries, not divisible by M={pattern.m} ({pattern})")
+
+
+def to_flat_groups(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """View a weight [out, in, *k] as the authors' groups: rows of M consecutive entries of the weight laid out
+    [out, *k, in] (``weight.permute(0, 2, 3, 1).reshape(-1, M)`` for a conv; ``reshape(-1, M)`` for a linear)."""
+    moved = weight if weight.dim() == 2 else weight.movedim(1, -1)
+    return moved.reshape(-1, m)
+
+
+def from_flat_groups(groups: torch.Tensor, shape: torch.Size | tuple) -> torch.Tensor:
+    """Inverse of :func:`to_flat_groups` for a weight of the given shape."""
+    out = groups.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],))
+    return out if len(shape) == 2 else out.movedim(-1, 1)
 
 
 def partial_group_size(shape: torch.Size | tuple, pattern: NMPattern) -> int:
@@ -175,7 +209,8 @@ def _triton_mask(w: torch.Tensor, pattern: NMPattern, out, masked, check_finite:
 
 
 def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor | None = None,
-            masked: torch.Tensor | None = None, check_finite: bool = True) -> torch.Tensor:
+            masked: torch.Tensor | None = None, check_finite: bool = True,
+            grouping: str = "channels") -> torch.Tensor:
     """Boolean N:M mask of ``weight``'s shape: in every group of M consecutive input channels the N
     largest |w| are True (ties keep the lower index).
 
@@ -186,14 +221,23 @@ def nm_mask(weight: torch.Tensor, pattern: "NMPattern | str", out: torch.Tensor 
     ``out``: a bool tensor of the weight's shape to write the mask into; ``masked``: a tensor of the weight's
     shape and dtype that also receives ``weight * mask`` (in the same pass over the weight). Runs the compiled
     C kernel on the CPU, a Triton kernel on CUDA, plain PyTorch elsewhere: the same masks.
+    ``grouping="authors_flat"``: the groups are M consecutive entries of the weight laid out [out, *k, in] (the
+    authors' ``Sparse_NHWC``; see :func:`to_flat_groups`), which needs weight.numel() % M == 0; it equals the
+    default grouping whenever dim 1 is divisible by M.
     """
     pattern = NMPattern.parse(pattern)
-    check_groupable(weight.shape, pattern)
+    check_groupable(weight.shape, pattern, grouping)
     if out is not None and (out.shape != weight.shape or out.dtype != torch.bool or out.device != weight.device):
         raise ValueError(f"nm_mask out= must be a bool tensor of shape {tuple(weight.shape)} on {weight.device}")
     if masked is not None and (masked.shape != weight.shape or masked.dtype != weight.dtype or masked.device != weight.device):
         raise ValueError(f"nm_mask masked= must be a {weight.dtype} tensor of shape {tuple(weight.shape)} on {weight.device}")
     w = weight.detach()
+    if grouping == "authors_flat":  # the default grouping on the [G, M] view: one whole group per row
+        mask = from_flat_groups(nm_mask(to_flat_groups(w, pattern.m), pattern, check_finite=check_finite), w.shape)
+        mask = out.copy_(mask) if out is not None else mask.contiguous()
+        if masked is not None:
+            torch.mul(w, mask.view(torch.uint8), out=masked)
+        return mask
     implementation = mask_implementation(w, pattern)
     if implementation == "triton":
         return _triton_mask(w, pattern, out, masked, check_finite)
@@ -236,10 +280,15 @@ def masked_grad(grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, de
     return grad.addcmul_(weight, inverse, value=decay) if inplace else torch.addcmul(grad, weight, inverse, value=decay)
 
 
-def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
+def is_valid_nm_mask(mask: torch.Tensor, pattern: "NMPattern | str", grouping: str = "channels") -> bool:
     """True when ``mask`` keeps exactly N entries in every group of M input channels (min(N, r) in a last
-    partial group of r channels)."""
+    partial group of r channels); with ``grouping="authors_flat"`` in every group of :func:`to_flat_groups`
+    (False when the mask's size does not divide by M)."""
     pattern = NMPattern.parse(pattern)
+    if check_grouping(grouping) == "authors_flat":
+        if mask.dim() < 2 or mask.numel() % pattern.m:
+            return False
+        return bool((to_flat_groups(mask.to(torch.int32), pattern.m).sum(dim=1) == pattern.n).all())
     counts = to_groups(mask.to(torch.int32), pattern.m).sum(dim=1)
     sizes = to_groups(torch.ones_like(mask, dtype=torch.int32), pattern.m).sum(dim=1)
     return bool((counts == sizes.clamp(max=pattern.n)).all())

@@ -9,7 +9,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmdet.registry import HOOKS
 
-from nm_plugins.core import SADTracker, apply_srste_decay, check_sparse_state_dict, is_valid_nm_mask, sparse_layers
+from nm_plugins.core import SADTracker, apply_srste_decay, check_sparse_state_dict, sparse_layers
 
 CHECKPOINT_KEY = "nm_sparsity"
 
@@ -119,7 +119,7 @@ class NMSparsityHook(Hook):
         for _, layer in sparse_layers(model):
             sparse_ids.add(id(layer))
             mask = layer.mask()
-            valid &= is_valid_nm_mask(mask, layer.pattern)
+            valid &= layer.mask_is_valid(mask)
             kept += mask.numel() if layer.method == "dense" else int(mask.sum())
             total += mask.numel()
         all_kept, all_total = kept, total

@@ -12,8 +12,10 @@ What their files hold (read from their ``classification/train_imagenet.py``, ``d
   laid out as [out, kh, kw, in]). For convs whose input channels divide by M that is exactly our mask (M
   consecutive input channels at each kernel position), so our N:M layers recompute it from the loaded weights.
 * Their 7x7 RGB stem ``conv1`` (3 input channels) is N:M too, with groups that span kernel positions and output
-  channels (not valid 2:4 hardware groups). Our stem is dense, so the conversion bakes their stem mask into the
-  stem weight: our dense stem then computes exactly what their sparse stem computed.
+  channels (not valid 2:4 hardware groups). Our default stem is dense, so the conversion bakes their stem mask
+  into the stem weight: our dense stem then computes exactly what their sparse stem computed. A model made with
+  ``stem="authors"`` has an N:M stem in their grouping (``grouping="authors_flat"``): it gets their dense stem
+  weight unchanged and recomputes their stem mask from it, as their ``SparseConv`` did.
 
 :func:`convert_if_authors` returns anything that is not theirs unchanged.
 """
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 
 import torch
 
-from nm_plugins.core import NMPattern, SparseMixin
+from nm_plugins.core import NMPattern, SparseMixin, nm_mask
 
 # top-1 of the authors' model zoo (classification/README.md), for reports that compare against it
 AUTHORS_ZOO_TOP1 = {("resnet50", "2:4"): 77.0, ("resnet50", "4:8"): 77.4, ("resnet50", "1:4"): 75.9,
@@ -120,19 +122,16 @@ def authors_stem_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch
         raise AuthorsCheckpointError(f"authors' checkpoint: a conv weight of shape {tuple(weight.shape)} has "
                                      f"{weight.numel()} entries, not divisible by M={pattern.m}: their SparseConv "
                                      f"could not have run it with {pattern}")
-    nhwc = weight.detach().permute(0, 2, 3, 1)
-    groups = nhwc.abs().reshape(-1, pattern.m)
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, groups.topk(pattern.n, dim=1).indices, True)
-    return keep.reshape(nhwc.shape).permute(0, 3, 1, 2).contiguous()
+    return nm_mask(weight, pattern, grouping="authors_flat")  # what an N:M layer with stem="authors" computes
 
 
 def convert_if_authors(obj, pattern: "NMPattern | str | None" = None, model: "torch.nn.Module | None" = None,
                        authors: "bool | None" = None):
     """A loaded checkpoint in our timm ``nm_resnet50_*`` / ``nm_resnet18_*`` key layout when it is the authors'
     (see :func:`is_authors_checkpoint`; ``authors=True`` forces, ``False`` skips the detection), else ``obj``
-    unchanged. ``pattern`` (their N:M; required for their files) bakes their stem mask into our dense stem.
-    ``model``, when given, is checked: every key and shape must match it. Raises
+    unchanged. ``pattern`` (their N:M; required for their files) bakes their stem mask into our dense stem, unless
+    ``model`` has an N:M stem in their grouping (``create_model(..., stem="authors")``): its stem then gets their
+    dense weight and recomputes their mask. ``model``, when given, is checked: every key and shape must match it. Raises
     :class:`AuthorsCheckpointError` (a ValueError) for a recognised file that cannot be mapped."""
     if authors is False or (authors is None and not is_authors_checkpoint(obj)):
         return obj
@@ -163,15 +162,28 @@ def convert_if_authors(obj, pattern: "NMPattern | str | None" = None, model: "to
     for key in expected - set(out):  # num_batches_tracked of checkpoints written before torch 0.4.1
         out[key] = torch.tensor(0, dtype=torch.long)
     stem = out["conv1.weight"]
-    out["conv1.weight"] = stem * authors_stem_mask(stem, pattern).to(stem.dtype)
+    mask = authors_stem_mask(stem, pattern)  # also checks that their SparseConv could have run this stem
     if model is not None:
         _check_against(model, out, base)
+    if not _has_authors_stem(model):
+        out["conv1.weight"] = stem * mask.to(stem.dtype)
+    elif model.get_submodule("conv1").pattern != pattern:
+        raise AuthorsCheckpointError(f"authors' checkpoint ({pattern}): the model's stem conv1 is "
+                                     f"{model.get_submodule('conv1').pattern} N:M, so it would not compute their mask")
     return out
+
+
+def _has_authors_stem(model: "torch.nn.Module | None") -> bool:
+    """True when ``model``'s stem conv1 is an N:M layer in the authors' grouping (their stem as they ran it)."""
+    if model is None:
+        return False
+    stem = model.get_submodule("conv1")
+    return isinstance(stem, SparseMixin) and stem.grouping == "authors_flat"
 
 
 def _check_against(model: torch.nn.Module, state_dict: Mapping, base: str) -> None:
     """Raise naming the keys/shapes of ``state_dict`` that ``model`` does not have (N:M masks aside), and a
-    stem that is N:M in ``model`` (their stem mask is not one of our masks)."""
+    stem that is N:M in channel groups in ``model`` (their stem mask is not one of its masks)."""
     ours = {k: v for k, v in model.state_dict().items() if not k.endswith("nm_mask")}
     unknown = sorted(set(state_dict) - set(ours))
     missing = sorted(set(ours) - set(state_dict))
@@ -181,7 +193,8 @@ def _check_against(model: torch.nn.Module, state_dict: Mapping, base: str) -> No
         raise AuthorsCheckpointError(f"authors' checkpoint ({base}) does not fit the model: not in the model "
                                      f"{unknown[:6]}, not in the file {missing[:6]}, shapes differ {shapes[:4]}")
     stem = model.get_submodule("conv1")
-    if isinstance(stem, SparseMixin) and stem.method != "dense":
-        raise AuthorsCheckpointError("authors' checkpoint: the model's stem conv1 is an N:M layer; their stem mask "
-                                     "(groups across kernel positions) is baked into a dense stem instead: keep "
-                                     "the stem dense (the default of sparsify) to evaluate their checkpoint")
+    if isinstance(stem, SparseMixin) and stem.method != "dense" and stem.grouping != "authors_flat":
+        raise AuthorsCheckpointError("authors' checkpoint: the model's stem conv1 is an N:M layer in channel groups; "
+                                     "their stem mask (groups across kernel positions) is not one of its masks: "
+                                     "keep the stem dense (the default; their mask is baked in) or make it N:M in "
+                                     "their grouping (create_model(..., stem='authors'))")

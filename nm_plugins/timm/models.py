@@ -13,7 +13,11 @@ from timm.models import build_model_with_cfg, load_checkpoint, register_model
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.resnet import Bottleneck, ResNet
 
-from nm_plugins.core import NMPattern, SparseMixin, SparsityReport, check_sparse_state_dict, prune_once, sparsify
+from nm_plugins.core import (NMPattern, SparseMixin, SparsityReport, check_sparse_state_dict, is_valid_nm_mask,
+                             prune_once, sparse_layers, sparsify)
+from nm_plugins.core.layers import SPARSE_TYPES
+from nm_plugins.core.mask import check_groupable
+from nm_plugins.core.sparsify import READ_DIRECTLY, READ_ELSEWHERE, find_stem, probe_layers
 
 try:  # the authors' released checkpoints (their layout) are converted on load
     from .authors import convert_if_authors
@@ -29,14 +33,25 @@ BASES = {
     "resnet18": ("resnet18", {}),
 }
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# stem=: dense (default), nm (the core's channel groups, the last one zero-padded), authors (their flattened groups)
+STEMS = ("dense", "nm", "authors")
+AUTHORS_STEM_NOTE = "stem N:M in the authors' grouping: M consecutive weights of [out, kh, kw, in]"
 
 
 def create_model(name: str, pattern="2:4", method: str = "srste", decay: float = 2e-4, exclude=(),
-                 keep_classifier_dense: bool = True, keep_stem_dense: bool = True,
-                 checkpoint_path: "str | Path | None" = None, probe_input=None, **timm_kwargs) -> nn.Module:
+                 keep_classifier_dense: bool = True, stem: "str | None" = None,
+                 checkpoint_path: "str | Path | None" = None, probe_input=None,
+                 keep_stem_dense: "bool | None" = None, **timm_kwargs) -> nn.Module:
     """timm.create_model(name, **timm_kwargs) with every groupable Conv2d/Linear made N:M; the classifier(s)
     (timm's ``get_classifier()``, e.g. DeiT's ``head`` and ``head_dist``; none for ``num_classes=0`` or
-    ``features_only``) and the stem (``pretrained_cfg['first_conv']``, the layers fed the input) stay dense.
+    ``features_only``) stay dense, and so does the stem (``pretrained_cfg['first_conv']``, the layers fed the
+    input) by default.
+
+    ``stem``: ``"dense"`` (default), ``"nm"`` (N:M like the other layers: M consecutive input channels, the last
+    group zero-padded: hardware-valid) or ``"authors"`` (N:M in the authors' grouping, ``grouping="authors_flat"``:
+    M consecutive weights of the weight laid out [out, kh, kw, in], spanning kernel positions; not hardware N:M;
+    the stem's weight count must divide by M). ``keep_stem_dense=True/False`` is the older spelling of
+    ``stem="dense"/"nm"``.
 
     ``method`` is srste, ste, dense, fixed, or ``asp`` (dense training until :func:`asp_prune`).
     ``probe_input``: the input of one probe forward (default: a random batch of one at 64x64 for models that
@@ -47,13 +62,18 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown N:M method {method!r}: expected one of {', '.join(METHOD_NAMES)}")
+    stem = _resolve_stem(stem, keep_stem_dense)
     pattern = NMPattern.parse(pattern)
+    layer_method = "dense" if method == "asp" else method
     model = timm.create_model(name, **timm_kwargs)
     candidates = _default_probe_inputs(model, timm_kwargs) if probe_input is None else [probe_input]
     for i, probe in enumerate(candidates):
         try:
-            report = sparsify(model, pattern, "dense" if method == "asp" else method, decay, exclude=exclude,
-                              keep_classifier_dense=keep_classifier_dense, keep_stem_dense=keep_stem_dense,
+            stem_layers = []
+            if stem == "authors":  # found before sparsify, by role (also where N:M channel groups keep it all)
+                stem_layers = find_stem(model, None if probe is False else probe_layers(model, probe))
+            report = sparsify(model, pattern, layer_method, decay, exclude=exclude,
+                              keep_classifier_dense=keep_classifier_dense, keep_stem_dense=stem != "nm",
                               example_inputs=None if probe is False else probe)
             break
         except Exception as err:
@@ -65,12 +85,62 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
             raise ValueError(f"create_model({name!r}): the probe forward with input of shape {shapes} failed "
                              f"({err}); pass probe_input=<an input the model accepts>, or probe_input=False to skip "
                              f"it (layers whose weight the model reads directly are then not found)") from err
-    model.nm_config = {"pattern": str(pattern), "method": method, "decay": decay if method == "srste" else 0.0}
+    if stem == "authors":
+        _make_authors_stem(model, name, report, stem_layers, pattern, layer_method, decay)
+    model.nm_config = {"pattern": str(pattern), "method": method, "decay": decay if method == "srste" else 0.0,
+                       "stem": stem}
     model.nm_report = report
     model.register_load_state_dict_pre_hook(_check_on_load)
     if checkpoint_path is not None:
         load_local_checkpoint(model, checkpoint_path)
     return model
+
+
+def _resolve_stem(stem: "str | None", keep_stem_dense: "bool | None") -> str:
+    """The ``stem`` choice of :func:`create_model`, ``keep_stem_dense`` (older spelling) folded in."""
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}: expected 'dense' (kept dense), 'nm' (N:M channel groups, the last "
+                         f"zero-padded) or 'authors' (N:M in the authors' flattened [out, kh, kw, in] groups)")
+    if keep_stem_dense is None:
+        return stem or "dense"
+    implied = "dense" if keep_stem_dense else "nm"
+    if stem is not None and stem != implied:
+        raise ValueError(f"create_model: keep_stem_dense={keep_stem_dense} contradicts stem={stem!r}; pass stem= only")
+    return implied
+
+
+def _make_authors_stem(model: nn.Module, model_name: str, report: SparsityReport, stem_layers: list,
+                       pattern: NMPattern, method: str, decay: float) -> None:
+    """Make the stem layers (dense after sparsify) N:M with ``grouping="authors_flat"``, in place; excluded,
+    classifier and directly-read layers keep their reason. The report says so."""
+    entries = {e.name: e for e in report.layers}
+    keep = ("excluded", "classifier kept dense", READ_DIRECTLY, READ_ELSEWHERE)
+    made = []
+    for name in stem_layers:
+        module, entry = model.get_submodule(name), entries.get(name)
+        if entry is None or entry.sparse or entry.reason in keep or type(module) not in SPARSE_TYPES:
+            continue
+        try:
+            check_groupable(module.weight.shape, pattern, "authors_flat")
+        except ValueError as err:
+            raise ValueError(f"create_model({model_name!r}, stem='authors'): the stem layer {name!r}: {err}; use "
+                             f"stem='nm' (channel groups, the last one zero-padded) or stem='dense'") from None
+        new = SPARSE_TYPES[type(module)].from_dense(module, pattern, method, decay, grouping="authors_flat")
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        entry.kind, entry.sparse, entry.reason = type(new).__name__, True, AUTHORS_STEM_NOTE
+        made.append(name)
+    if not made:
+        raise ValueError(f"create_model({model_name!r}, stem='authors'): no stem layer to make N:M (found "
+                         f"{stem_layers or 'none'}; without timm metadata pass probe_input=, not False)")
+
+
+def _note_authors_groupings(model: nn.Module, report: SparsityReport) -> None:
+    """Report entries of layers in the authors' grouping get that note (not the core's partial-group note)."""
+    for entry in report.layers:
+        module = model.get_submodule(entry.name)
+        if entry.sparse and getattr(module, "grouping", "channels") == "authors_flat":
+            entry.reason = AUTHORS_STEM_NOTE
 
 
 def _default_probe_inputs(model: nn.Module, timm_kwargs: dict) -> list:
@@ -96,8 +166,29 @@ def _default_probe_inputs(model: nn.Module, timm_kwargs: dict) -> list:
 
 def _check_on_load(module, state_dict, prefix, *_):
     """load_state_dict pre-hook of models made by :func:`create_model`: a sparse state_dict must not load
-    silently into layers that are dense here (``strict=False`` would give the unmasked master weights)."""
-    check_sparse_state_dict(module, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    silently into layers that are dense here (``strict=False`` would give the unmasked master weights), nor its
+    masks of one grouping into layers of the other (a stem="authors" checkpoint into a stem="nm" model)."""
+    own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    check_sparse_state_dict(module, own)
+    _check_groupings(module, own)
+
+
+def _check_groupings(model: nn.Module, state_dict: Mapping) -> None:
+    """Raise ValueError naming the N:M layers whose saved mask is a mask of the other grouping, not of theirs
+    (only layers whose input channels do not divide by M can tell the two groupings apart)."""
+    wrong = []
+    for name, layer in sparse_layers(model):
+        mask = state_dict.get(f"{name}.nm_mask" if name else "nm_mask")
+        if not torch.is_tensor(mask) or mask.shape != layer.weight.shape or not layer.weight.shape[1] % layer.pattern.m:
+            continue
+        other = "channels" if layer.grouping == "authors_flat" else "authors_flat"
+        if not layer.mask_is_valid(mask) and is_valid_nm_mask(mask, layer.pattern, other):
+            wrong.append(f"{name} (saved in grouping {other}, here {layer.grouping})")
+    if wrong:
+        raise ValueError(f"this state_dict's N:M masks use another grouping than the model's layers: "
+                         f"{', '.join(wrong)}; its weights were trained with the other masks. Create the model with "
+                         f"the stem= the checkpoint was trained with ('authors': their flattened groups, 'nm': "
+                         f"channel groups)")
 
 
 def _unwrap(obj) -> Mapping:
@@ -134,6 +225,7 @@ def load_local_checkpoint(model: nn.Module, path: "str | Path", strict: bool = T
         obj = obj if converted is obj else converted
     state_dict = _unwrap(obj)
     check_sparse_state_dict(model, state_dict)
+    _check_groupings(model, state_dict)
     model.load_state_dict(state_dict, strict=strict)
     return model
 
@@ -153,6 +245,7 @@ def asp_prune(model: nn.Module) -> SparsityReport:
     reasons = before.dense_layers if before is not None else {}
     for entry in report.layers:
         entry.reason = reasons.get(entry.name, entry.reason) if not entry.sparse else entry.reason
+    _note_authors_groupings(model, report)
     model.nm_config = {**config, "method": "fixed"}
     model.nm_report = report
     return report

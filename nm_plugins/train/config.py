@@ -11,8 +11,9 @@ import yaml
 DEFAULTS = {
     "name": "run",
     "model": {"name": "resnet50", "kwargs": {}, "checkpoint": None},
+    # sparsity.stem: dense | nm (channel groups, the last zero-padded) | authors (their flattened groups)
     "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4, "keep_classifier_dense": True,
-                 "exclude": [], "asp_prune_epoch": None},
+                 "stem": "dense", "exclude": [], "asp_prune_epoch": None},
     # data.batch_size is the global batch, over all processes (each takes batch_size / WORLD_SIZE)
     "data": {"dataset": "imagenet", "root": None, "batch_size": 256, "workers": 8, "img_size": 224,
              "train_subset": None, "val_subset": None, "skip_bad_images": False, "augment": True,
@@ -100,6 +101,9 @@ def validate(config: dict) -> None:
         raise ValueError("config: data.decode=gpu applies to the imagenet dataset only (Fashion-MNIST is in memory)")
     if config["sparsity"]["method"] not in ("srste", "ste", "asp", "fixed", "dense"):
         raise ValueError(f"config: sparsity.method {config['sparsity']['method']!r} is not srste, ste, asp, fixed or dense")
+    if config["sparsity"]["stem"] not in ("dense", "nm", "authors"):
+        raise ValueError(f"config: sparsity.stem must be dense, nm (N:M channel groups) or authors (N:M in the "
+                         f"authors' flattened groups), got {config['sparsity']['stem']!r}")
     epochs = config["optim"]["epochs"]
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"config: optim.epochs must be a positive integer, got {epochs!r}")

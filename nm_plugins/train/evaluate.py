@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nm_plugins.core import is_valid_nm_mask, nm_mask, sparse_layers
+from nm_plugins.core import nm_mask, sparse_layers
 from nm_plugins.train.data import IMAGENET_LAYOUT, ImageNetLoader
 from nm_plugins.train.runtime import init_distributed
 
@@ -79,8 +79,8 @@ def mask_report(model: torch.nn.Module) -> dict:
         for name, layer in sparse_layers(model):
             m = layer.mask()
             layers += 1
-            ok = is_valid_nm_mask(m, layer.pattern)
-            same = torch.equal(m.cpu(), nm_mask(layer.weight.detach().cpu(), layer.pattern))
+            ok = layer.mask_is_valid(m)
+            same = torch.equal(m.cpu(), nm_mask(layer.weight.detach().cpu(), layer.pattern, grouping=layer.grouping))
             valid += ok
             follow += same
             if not (ok and same):
