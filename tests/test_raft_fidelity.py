@@ -50,7 +50,7 @@ def test_authors_chairs_config_differs_from_ours_only_where_named():
     theirs = load_config(REPO / "configs" / "raft" / "chairs_authors.yaml")
     assert theirs["train"]["amp"] is False and eval_amp(theirs) is False and theirs["model"]["decay_mode"] == "call"
     assert theirs["data"]["batch_size"] == 4 and theirs["optim"] == ours["optim"] and theirs["loss"] == ours["loss"]
-    named = {("name",), ("model", "decay_mode"), ("train", "amp"), ("train", "seed"), ("train", "val_every"),
+    named = {("name",), ("model", "decay_mode"), ("train", "amp"), ("train", "corr_fp32"), ("train", "seed"), ("train", "val_every"),
              ("eval", "amp")}
 
     def leaves(d, path=()):

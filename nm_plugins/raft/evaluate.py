@@ -32,6 +32,15 @@ def unpad(flow: torch.Tensor, pad) -> torch.Tensor:
     return flow[..., top:h - bottom, left:w - right]
 
 
+def autocast(amp: bool, device, cpu: bool = False):
+    """The precision context of a RAFT forward: bf16 autocast on ``device`` when ``amp`` is on and the device is
+    CUDA, or the CPU with ``cpu=True`` (``train.amp_cpu``); otherwise a no-op (fp32)."""
+    device = torch.device(device)
+    if amp and (device.type == "cuda" or (cpu and device.type == "cpu")):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _collate(batch):
     img1, img2, flow, valid = zip(*[(s[0], s[1], s[2], s[3] if len(s) > 3 else None) for s in batch])
     valid = None if valid[0] is None else torch.stack([torch.as_tensor(v).bool() for v in valid])
@@ -40,11 +49,12 @@ def _collate(batch):
 
 @torch.no_grad()
 def evaluate(model, dataset, iters: int = 24, device="cpu", batch_size: int = 1, pad_mode: str = "sintel",
-             max_samples: int | None = None, amp: bool = False, keep: int = 0) -> dict:
+             max_samples: int | None = None, amp: bool = False, keep: int = 0, amp_cpu: bool = False) -> dict:
     """Metrics of ``model`` on ``dataset`` (samples (img1, img2, flow[, valid]) with images in [-1, 1]).
 
-    Under torchrun every rank evaluates a shard and the counts are summed. ``keep`` > 0 also returns the
-    first ``keep`` predictions as ``result["samples"]`` (list of dicts of CPU tensors) for visualisation.
+    ``amp``: bf16 autocast on CUDA (on the CPU too with ``amp_cpu``). Under torchrun every rank evaluates a shard
+    and the counts are summed. ``keep`` > 0 also returns the first ``keep`` predictions as ``result["samples"]``
+    (list of dicts of CPU tensors) for visualisation.
     """
     device = torch.device(device)
     if max_samples is not None:
@@ -55,12 +65,12 @@ def evaluate(model, dataset, iters: int = 24, device="cpu", batch_size: int = 1,
     was_training = model.training
     model.eval()
     metrics, samples = FlowMetrics(), []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+    precision = autocast(amp, device, cpu=amp_cpu)
     try:
         for img1, img2, flow, valid in loader:
             img1, img2 = img1.to(device), img2.to(device)
             p1, p2, pad = pad_to_multiple(img1, img2, 8, pad_mode)
-            with autocast:
+            with precision:
                 pred = model(p1, p2, num_flow_updates=iters)[-1]
             pred = unpad(pred.float(), pad).cpu()
             metrics.update(pred, flow, valid)

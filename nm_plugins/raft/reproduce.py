@@ -11,6 +11,13 @@ Every run is repeated for each seed of ``RAFT_SEEDS`` (comma-separated; default 
 datasets): same seed = same initialisation and data order for every method, so the paper's claims are judged on
 paired per-seed differences (ci/claims.py); metrics are means over the seeds. ``RAFT_AUTHORS=1`` trains the
 chairs stage with configs/raft/chairs_authors.yaml (fp32, SR-STE decay on every layer call) instead of chairs.yaml.
+
+Proxy only: ``RAFT_ROWS`` (comma-separated labels, e.g. ``dense,srste_2:4``) trains a subset of the rows (the
+threshold check then only runs when every row is there); ``RAFT_PRECISION=bf16`` trains and evaluates with bf16
+autocast on the CPU (``train.amp_cpu``; the correlation as the config sets it, in bf16 like chairs.yaml),
+``bf16-corr32`` with the correlation volume in fp32 (``train.corr_fp32``), into run folders named
+``proxy-<precision>`` and results/raft-proxy-bf16[/corr_fp32]/, with the paired difference to the committed fp32
+run (results/raft-proxy/results.json) per row and seed.
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ PROXY_RUNS = (("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"))
 REAL_RUNS = (("dense", "2:4"), ("srste", "2:4"))
 PROXY_SEEDS, REAL_SEEDS = (0, 1, 2), (0,)
 REAL_EVAL = {"chairs": "chairs", "sintel_clean": "sintel", "sintel_final": "sintel", "kitti": "kitti"}
+PRECISIONS = {"bf16": ({"amp": True, "amp_cpu": True}, "raft-proxy-bf16"),
+              "bf16-corr32": ({"amp": True, "amp_cpu": True, "corr_fp32": True}, "raft-proxy-bf16/corr_fp32")}
 SMOKE_PROXY = {"optim": {"steps": 3}, "data": {"proxy": {"count": 24, "val_count": 8, "size": 128, "seed": 0}},
                "train": {"ckpt_every": 2, "log_every": 1, "sad_every": 1}, "eval": {"batch_size": 8}}
 
@@ -57,9 +66,47 @@ def _seeds(default: tuple) -> tuple:
     return seeds
 
 
+def _rows(default: tuple) -> tuple:
+    """The (method, pattern) runs of ``default`` named by ``RAFT_ROWS`` (comma-separated labels), else all."""
+    raw = os.environ.get("RAFT_ROWS", "").strip()
+    if not raw:
+        return default
+    by_label = {_label(m, p): (m, p) for m, p in default}
+    wanted = [x.strip() for x in raw.split(",") if x.strip()]
+    unknown = [x for x in wanted if x not in by_label]
+    if unknown or not wanted:
+        raise SystemExit(f"reproduce-raft: RAFT_ROWS={raw!r}: unknown row(s) {unknown}; expected some of "
+                         f"{', '.join(by_label)}")
+    return tuple(by_label[x] for x in by_label if x in wanted)
+
+
+def _precision() -> "str | None":
+    """``RAFT_PRECISION`` (None when unset: the configs' own precision); SystemExit for an unknown value."""
+    raw = os.environ.get("RAFT_PRECISION", "").strip()
+    if raw and raw not in PRECISIONS:
+        raise SystemExit(f"reproduce-raft: RAFT_PRECISION={raw!r} is not one of {', '.join(PRECISIONS)}")
+    return raw or None
+
+
+def vs_reference(per_seed: dict, reference: dict, metric: str = "epe") -> dict:
+    """{row: paired ``metric`` difference this run - reference over their shared seeds, with its 95%
+    t-interval (ci/claims.py), the seeds and the per-seed values of both}, for the rows both have."""
+    from ci.claims import t_interval
+    out = {}
+    for row, values in per_seed.items():
+        ref = reference.get(row, {}).get(metric)
+        seeds = sorted(set(values.get(metric, {})) & set(ref or {}), key=int)
+        if seeds:
+            diffs = [values[metric][s] - ref[s] for s in seeds]
+            out[row] = {**t_interval(diffs), "metric": metric, "seeds": seeds, "diffs": diffs,
+                        "this": [values[metric][s] for s in seeds], "reference": [ref[s] for s in seeds]}
+    return out
+
+
 def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> dict:
     """Train/evaluate every (method, pattern) through the given chain of stage configs, for every seed;
-    {seed: {label: results}}."""
+    {seed: {label: results}}. ``stage_configs["train"]``: extra ``train`` entries for every run, and
+    ``stage_configs["suffix"]`` a run-name suffix (the proxy's RAFT_PRECISION)."""
     by_seed = {}
     for seed in seeds:
         out = by_seed[seed] = {}
@@ -67,10 +114,11 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
             weights, stages = None, {}
             for stage in stage_configs["stages"]:
                 extra = {"model": {"method": method, "pattern": pattern, "weights": weights},
-                         "eval": {"sets": stage_configs["eval_sets"], "keep": keep}, "train": {"seed": seed}}
+                         "eval": {"sets": stage_configs["eval_sets"], "keep": keep},
+                         "train": {**stage_configs.get("train", {}), "seed": seed}}
                 cfg = load_config(REPO / "configs" / "raft" / f"{stage_configs.get('files', {}).get(stage, stage)}.yaml",
                                   extra=extra)
-                cfg["name"] += f"-s{seed}" if seed != 0 else ""
+                cfg["name"] += stage_configs.get("suffix", "") + (f"-s{seed}" if seed != 0 else "")
                 if smoke_extra:
                     cfg = _deep_update(cfg, smoke_extra)
                     cfg["name"] += "-smoke"
@@ -185,6 +233,10 @@ def main() -> int:
     smoke = os.environ.get("SMOKE", "0") not in ("", "0")
     start = time.time()
     real = available("chairs")
+    prec = _precision()
+    if real and (prec or os.environ.get("RAFT_ROWS", "").strip()):
+        raise SystemExit("reproduce-raft: RAFT_PRECISION / RAFT_ROWS apply to the proxy only (unset CHAIRS_ROOT); "
+                         "the datasets' precision is the configs' train.amp / eval.amp")
     if real:
         needs = {"things": ("things",), "sintel": ("things", "sintel"), "kitti": ("kitti",)}  # sintel mixes in things
         stages = ["chairs"] + [s for s, names in needs.items() if all(available(n) for n in names)]
@@ -199,15 +251,19 @@ def main() -> int:
         title = "Sparse RAFT (raft_large) on the flow benchmarks"
         note = f"Stages: {' -> '.join(stages)}; evaluation: {', '.join(eval_sets)}."
     else:
-        spec = {"runs": PROXY_RUNS, "stages": ["proxy"], "eval_sets": ["proxy"]}
+        spec = {"runs": _rows(PROXY_RUNS), "stages": ["proxy"], "eval_sets": ["proxy"]}
+        if prec:
+            spec.update(train=PRECISIONS[prec][0], suffix=f"-{prec}")
         seeds = _seeds(PROXY_SEEDS if not smoke else (0,))
         smoke_extra = SMOKE_PROXY
-        results_dir = REPO / ("runs/raft-proxy-smoke" if smoke else "results/raft-proxy")
+        results_dir = REPO / ("runs" if smoke else "results") / (PRECISIONS[prec][1] if prec else "raft-proxy")
+        results_dir = results_dir.with_name(results_dir.name + "-smoke") if smoke else results_dir
         thresholds = REPO / "ci" / "thresholds" / ("raft_proxy_smoke.yaml" if smoke else "raft_proxy.yaml")
-        title = "Sparse RAFT on the synthetic FlyingChairs-like proxy (raft_small, CPU)"
+        title = "Sparse RAFT on the synthetic FlyingChairs-like proxy (raft_small, CPU" + (f", {prec})" if prec else ")")
         note = ("No dataset roots set (CHAIRS_ROOT, ...): raft_small trained from scratch on the embedded synthetic "
-                "set (Fashion-MNIST objects on moving textured backgrounds, 128x128) as dense, 2:4 SR-STE and "
-                f"2:4 STE with the same recipe, for seeds {list(seeds)} (same seed = same initialisation and data "
+                f"set (Fashion-MNIST objects on moving textured backgrounds, 128x128) as "
+                f"{', '.join(_label(m, p) for m, p in spec['runs'])} with the same recipe"
+                + (f" in {prec} ({PRECISIONS[prec][0]})" if prec else "") + f", for seeds {list(seeds)} (same seed = same initialisation and data "
                 "order); EPE on the proxy validation split (valid pixels). The first table is seed "
                 f"{seeds[0]}; metrics in results.json are means over the seeds.")
         print("no CHAIRS_ROOT: running the embedded synthetic proxy" + (" (SMOKE)" if smoke else ""))
@@ -226,10 +282,14 @@ def main() -> int:
     flow_grid_png(results_dir / "flow.png", samples, rows=4)
     metrics = mean_metrics(by_seed, baseline)
     per_seed = per_seed_values(by_seed)
-    claims = _claims(per_seed, thresholds)
+    all_rows = real or set(per_seed) == {_label(m, p) for m, p in PROXY_RUNS}
+    claims = [c for c in _claims(per_seed, thresholds) if all_rows or {c["a"], c["b"]} <= set(per_seed)]
+    reference = REPO / "results" / "raft-proxy" / "results.json"
+    vs_fp32 = vs_reference(per_seed, json.loads(reference.read_text())["per_seed"]) if prec and not (real or smoke) else None
     record = {"title": title, "smoke": smoke, "metrics": metrics, "per_seed": per_seed, "claims": claims,
               "seeds": list(seeds), "runs": runs, "runs_by_seed": {str(s): r for s, r in by_seed.items()},
               "zero_flow": baseline, "total_time_s": time.time() - start,
+              **({"precision": prec, "vs_fp32": vs_fp32} if vs_fp32 is not None else {}),
               "load_average": {"start": load0, "end": os.getloadavg()[0]},
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
@@ -240,9 +300,21 @@ def main() -> int:
         md += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
                "95% t-interval\n\n" + markdown_claims(claims))
         plot_claims(claims, results_dir / "claims.png")
+    if vs_fp32 is not None:
+        md += (f"\n## {prec} - fp32: paired EPE difference per seed (same seed = same init and data order; fp32 = "
+               "results/raft-proxy/results.json), 95% t-interval\n\n| row | seeds | " + prec + " EPE | fp32 EPE | "
+               "difference per seed | mean | 95% interval |\n|---|---|---|---|---|---|---|\n")
+        for row, d in vs_fp32.items():
+            ci = "-" if d["lo"] is None else f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            md += (f"| {row} | {','.join(d['seeds'])} | {' / '.join(f'{v:.3f}' for v in d['this'])} | "
+                   f"{' / '.join(f'{v:.3f}' for v in d['reference'])} | {' / '.join(f'{v:+.3f}' for v in d['diffs'])} | "
+                   f"{d['mean']:+.3f} | {ci} |\n")
     (results_dir / "results.md").write_text(md)
     print((results_dir / "results.md").read_text())
     print(f"wrote {results_dir}/results.json, results.md, flow.png in {time.time() - start:.0f} s")
+    if not all_rows:
+        print(f"RAFT_ROWS trained only {', '.join(per_seed)}: threshold check {thresholds.name} NOT run")
+        return 0
     return subprocess.call([sys.executable, "-m", "ci.check", str(results_dir / "results.json"), str(thresholds)],
                            cwd=REPO)
 

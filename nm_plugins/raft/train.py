@@ -10,16 +10,16 @@ Writes ``last.pth`` (atomic, every ``ckpt_every`` steps, for ``--resume``), ``fi
 
 ``data.batch_size`` is the GLOBAL batch (over all torchrun processes; each takes batch_size / world_size, which
 must divide), as in the authors' recipe (batch 4 over 2 GPUs). Precision: ``train.amp`` = bf16 autocast of the
-training forward on CUDA (fp32 when false, as the authors trained); ``train.corr_fp32`` keeps the correlation
+training forward on CUDA (fp32 when false, as the authors trained); ``train.amp_cpu`` (default false) applies
+it on the CPU too (else a CPU run is fp32 whatever ``amp`` says); ``train.corr_fp32`` keeps the correlation
 volume and its lookups in fp32 under autocast (RAFT's own mixed-precision mode); ``eval.amp`` (null: as
-``train.amp``) sets the evaluation precision. ``model.decay_mode``: when the SR-STE decay is added, ``step``
+``train.amp``) sets the evaluation precision. ``results.json`` records the precision used (``precision``). ``model.decay_mode``: when the SR-STE decay is added, ``step``
 (once per optimizer step, default) or ``call`` (the authors': every time a layer is called, 12x per step for
 RAFT's update block).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -36,7 +36,7 @@ from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoi
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
 from .datasets import train_set, val_set
-from .evaluate import EVAL_ITERS, _collate, evaluate
+from .evaluate import EVAL_ITERS, _collate, autocast, evaluate
 from .metrics import sequence_loss
 from .model import create
 
@@ -48,7 +48,7 @@ DEFAULTS = {
     "optim": {"lr": 4.0e-4, "weight_decay": 1.0e-4, "eps": 1.0e-8, "steps": 200000, "pct_start": 0.05, "clip": 1.0,
               "schedule_extra_steps": 100},
     "loss": {"gamma": 0.8, "max_flow": 400.0},
-    "train": {"iters": 12, "seed": 0, "amp": True, "corr_fp32": False, "freeze_bn": False, "log_every": 100,
+    "train": {"iters": 12, "seed": 0, "amp": True, "amp_cpu": False, "corr_fp32": False, "freeze_bn": False, "log_every": 100,
               "val_every": 5000, "ckpt_every": 5000, "sad_every": 1000},
     "eval": {"sets": ["chairs"], "iters": {}, "max_samples": None, "batch_size": 1, "keep": 0, "amp": None},
 }
@@ -173,6 +173,17 @@ def eval_amp(cfg: dict) -> bool:
     return bool(cfg["train"]["amp"] if cfg["eval"]["amp"] is None else cfg["eval"]["amp"])
 
 
+def precision(cfg: dict, device) -> dict:
+    """What the run computes in on ``device``: {"train", "eval"}: "bf16-autocast" or "fp32"; "corr": the
+    correlation volume's precision under training autocast ("fp32" with ``train.corr_fp32``, else "autocast")."""
+    device = torch.device(device)
+    on = device.type == "cuda" or (device.type == "cpu" and bool(cfg["train"]["amp_cpu"]))
+    name = lambda amp: "bf16-autocast" if amp and on else "fp32"  # noqa: E731
+    train = name(bool(cfg["train"]["amp"]))
+    return {"train": train, "eval": name(eval_amp(cfg)),
+            "corr": "fp32" if cfg["train"]["corr_fp32"] or train == "fp32" else "autocast"}
+
+
 def _epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
@@ -191,7 +202,7 @@ def validate(model, cfg: dict, device, keep: int = 0) -> dict:
         ds = val_set(name, cfg["data"]["proxy"])
         out[name] = evaluate(model, ds, iters=iters, device=device, batch_size=ev["batch_size"],
                              pad_mode="kitti" if name == "kitti" else "sintel", max_samples=ev["max_samples"],
-                             amp=eval_amp(cfg), keep=keep)
+                             amp=eval_amp(cfg), keep=keep, amp_cpu=bool(cfg["train"]["amp_cpu"]))
     return out
 
 
@@ -259,7 +270,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     if main:
         print(report)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if tcfg["amp"] and device.type == "cuda" else contextlib.nullcontext()
+    amp = autocast(bool(tcfg["amp"]), device, cpu=bool(tcfg["amp_cpu"]))
 
     def checkpoint(path):
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
@@ -319,7 +330,8 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
                "method": mcfg["method"], "steps": step, "train_time_s": train_time, "val": val,
                "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
                "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
-               "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers)}
+               "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers),
+               "precision": precision(cfg, device)}
     if main:
         logger.log(step, {"final_val": val})
         checkpoint(ckpt_path)
