@@ -111,7 +111,7 @@ def test_imagenet_to_coco_chain(tmp_path):
     result = json.loads((tmp_path / "results_coco" / "results.json").read_text())
     assert result["proxy"] is False and result["metrics"]["srste_2:4/masks_valid"] == 1.0
     assert result["metrics"]["srste_2:4/kept_share"] == pytest.approx(0.5)
-    ckpt = torch.load(tmp_path / "work_dirs" / "coco-det-smoke" / "srste_2-4" / "epoch_1.pth", map_location="cpu")
+    ckpt = torch.load(tmp_path / "work_dirs" / "coco-det-smoke" / "srste_2-4" / "s0" / "epoch_1.pth", map_location="cpu")
     detector = ckpt["state_dict"]
     for key, mask in masks.items():  # lr 0: the saved detector holds the backbone as loaded
         assert torch.equal(detector[f"backbone.{key}"], mask), key

@@ -10,13 +10,21 @@ taken when it has the row). Under torchrun every process joins. Without ``COCO_R
 (``configs/mmdet/*_proxy.py`` on the Fashion-MNIST COCO proxy, generated when missing). ``SMOKE=1``: a few
 iterations per row on a slice of the data, to check the pipeline.
 
+Every row runs once per seed (``COCO_SEEDS``, comma-separated; default: 0-4 on the proxy, one seed (0)
+for real COCO and for SMOKE). The seed goes to mmengine (``randomness.seed``), so the same
+seed gives every row the same initialisation and data order: the paper's claims (``claims:`` of the thresholds
+file) are judged on the paired per-seed differences with a 95% t-interval (ci/claims.py); with one seed they are
+"not significant". Row metrics are means over the seeds (``*_std``: their standard deviation).
+
 Other environment: ``COCO_ROWS`` (comma-separated row names, e.g. ``dense,srste_2:4``: a subset, no threshold
 check), ``COCO_CFG_OPTIONS`` (space-separated mmengine ``key=value`` overrides for every row), ``RESULTS_DIR``
 (default ``results/coco-{det,seg}[-proxy][-smoke]``), ``WORK_DIRS`` (the rows' mmengine work dirs, default
 ``work_dirs``).
 
-Writes ``results.json`` (flat ``metrics`` for ``ci.check``) and ``results.md``, then runs the threshold check
-against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits with its status.
+Writes ``results.json`` (flat ``metrics`` for ``ci.check``: means over seeds; ``per_seed``: {row: {metric: {seed:
+value}}}; ``claims``: the evaluated claims), ``results.md`` and ``map.png`` / ``claims.png``, then runs the threshold
+check against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits with its status.
+``--from-results RESULTS_JSON`` redoes only that last part (claims, tables, plots, check) for finished runs.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +53,11 @@ SMOKE_OPTIONS = {"train_dataloader.dataset.indices": 24, "val_dataloader.dataset
                  "test_dataloader.dataset.indices": 40, "train_cfg.max_epochs": 1,
                  "custom_hooks.0.interval": 3, "default_hooks.logger.interval": 3}
 COCO_LAYOUT = "annotations/instances_train2017.json, annotations/instances_val2017.json, train2017/, val2017/"
+PROXY_SEEDS = {"det": (0, 1, 2, 3, 4), "seg": (0, 1, 2, 3, 4)}  # 25 / 27.5 min in all on 2 shared cores
+ONE_SEED = (0,)  # real COCO (a 1x schedule per row and seed) and SMOKE
+# per-seed metric name -> run metric: what the claims are judged on
+SEED_METRICS = {"box_mAP": "box_mAP", "box_mAP50": "box_mAP50", "mask_mAP": "mask_mAP", "mask_mAP50": "mask_mAP50",
+                "sad": "sad_init"}
 
 
 def row_name(method: str, pattern: str | None) -> str:
@@ -128,6 +142,22 @@ def selected_rows(task: str, env=None) -> list:
     return [names[w] for w in wanted]
 
 
+def seeds_from_env(task: str, proxy: bool, smoke: bool, env=None) -> tuple:
+    """The seeds every row runs with: ``COCO_SEEDS`` (comma-separated integers >= 0), else the default of the
+    module doc; ValueError naming ``COCO_SEEDS`` for anything else."""
+    env = os.environ if env is None else env
+    raw = env.get("COCO_SEEDS", "").strip()
+    if not raw:
+        return PROXY_SEEDS[task] if proxy and not smoke else ONE_SEED
+    try:
+        seeds = tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"COCO_SEEDS={raw!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"COCO_SEEDS={raw!r}: expected distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
 def cfg_options_from_env(env=None) -> dict:
     """``COCO_CFG_OPTIONS``: space-separated mmengine ``key=value`` overrides (values parsed as on the
     command line of tools/train.py: numbers, tuples, lists)."""
@@ -138,13 +168,15 @@ def cfg_options_from_env(env=None) -> dict:
         if "=" not in item:
             raise ValueError(f"COCO_CFG_OPTIONS: {item!r} is not key=value")
         key, _, value = item.partition("=")
+        if key.startswith("randomness"):
+            raise ValueError(f"COCO_CFG_OPTIONS: {key} would give every seed the same randomness; set COCO_SEEDS")
         out[key] = DictAction._parse_iterable(value)
     return out
 
 
 def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: bool, out_root: Path,
-            launcher: str) -> dict:
-    """Train and evaluate one grid row; returns its metrics (mAP in percent, counts, SAD, time)."""
+            launcher: str, seed: int = 0) -> dict:
+    """Train and evaluate one grid row with one seed; returns its metrics (mAP in percent, counts, SAD, time)."""
     from nm_plugins.mmdet.flops import count_detector
     from nm_plugins.mmdet.hook import NMSparsityHook
     from nm_plugins.mmdet.train import build_runner
@@ -158,8 +190,10 @@ def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: boo
         print(f"{name}: backbone {backbone}", flush=True)
         options["model.backbone.init_cfg.checkpoint"] = str(backbone)
     options.update(cfg_options_from_env())
+    options["randomness.seed"] = seed  # same seed: same initialisation and data order in every row
     config = config_path(task, method, pattern, proxy)
-    work_dir = Path(os.environ.get("WORK_DIRS") or "work_dirs") / out_root.name / name.replace(":", "-")
+    work_dir = Path(os.environ.get("WORK_DIRS") or "work_dirs") / out_root.name / name.replace(":", "-") / f"s{seed}"
+    print(f"{name}, seed {seed}: {config} -> {work_dir}", flush=True)
     start = time.time()
     runner = build_runner(str(config), options, str(work_dir), launcher)
     capture = _ValMetrics()
@@ -183,7 +217,67 @@ def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: boo
         metrics["mask_mAP"] = 100 * val["coco/segm_mAP"]
         metrics["mask_mAP50"] = 100 * val["coco/segm_mAP_50"]
     metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.method != "dense")
-    return {"name": name, "config": str(config), "work_dir": str(work_dir), "metrics": metrics}
+    return {"name": name, "seed": seed, "config": str(config), "work_dir": str(work_dir), "metrics": metrics}
+
+
+def aggregate(runs: list) -> "tuple[list, dict]":
+    """(rows, per_seed) of per-seed runs: a row's metrics are means over its seeds (``masks_valid``: the
+    minimum), with ``<metric>_std`` for the seed metrics; per_seed is {row: {metric: {seed: value}}}."""
+    by_row: dict = {}
+    for r in runs:
+        by_row.setdefault(r["name"], []).append(r)
+    rows, per_seed = [], {}
+    for name, group in by_row.items():
+        seeds = [r["seed"] for r in group]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"row {name} ran seed(s) {sorted(s for s in set(seeds) if seeds.count(s) > 1)} twice")
+        metrics = {}
+        for key in group[0]["metrics"]:
+            values = [r["metrics"][key] for r in group]
+            metrics[key] = min(values) if key == "masks_valid" else statistics.fmean(values)
+        for metric, key in SEED_METRICS.items():
+            if key in group[0]["metrics"]:
+                values = [r["metrics"][key] for r in group]
+                per_seed.setdefault(name, {})[metric] = {str(r["seed"]): r["metrics"][key] for r in group}
+                if key != "sad_init":
+                    metrics[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append({"name": name, "config": group[0]["config"], "seeds": seeds, "metrics": metrics})
+    return rows, per_seed
+
+
+def thresholds_path(task: str, proxy: bool, smoke: bool) -> Path:
+    """ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml."""
+    return Path("ci/thresholds") / f"coco_{task}{'_proxy' if proxy else ''}{'_smoke' if smoke else ''}.yaml"
+
+
+def claim_rows(per_seed: dict, thresholds: Path) -> list:
+    """The claims of a thresholds file whose two rows ran, evaluated on the per-seed values (ci/claims.py)."""
+    import yaml
+
+    from ci.claims import evaluate_claims
+    claims = (yaml.safe_load(Path(thresholds).read_text()) or {}).get("claims", [])
+    return evaluate_claims(per_seed, [c for c in claims if c.get("a") in per_seed and c.get("b") in per_seed])
+
+
+def plot_rows(task: str, rows: list, per_seed: dict, path: Path) -> Path:
+    """mAP per row: the mean as a bar, every seed as a point; the path of the PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = ["box_mAP"] + (["mask_mAP"] if task == "seg" else [])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, r in enumerate(rows):
+            values = list(per_seed.get(r["name"], {}).get(metric, {}).values())
+            ax.bar(i, r["metrics"][metric], color="tab:blue" if i else "tab:grey", alpha=0.5)
+            ax.plot([i] * len(values), values, "o", color="k", ms=3)
+        ax.set_xticks(range(len(rows)), [r["name"] for r in rows], fontsize=8, rotation=20)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.set_title(f"{metric.replace('_', ' ')}: mean (bar) and seeds (points)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def config_notes(config: Path) -> str:
@@ -196,20 +290,26 @@ def config_notes(config: Path) -> str:
     return "\n".join(lines)
 
 
-def markdown(task: str, rows: list, proxy: bool, smoke: bool, dense_name: str = "dense") -> str:
-    """The results table: mAP, backbone Params/FLOPs per pattern (and vs dense), SAD, time."""
+def _pm(m: dict, key: str, n: int) -> str:
+    return f"{m[key]:.1f}" + (f" ± {m[key + '_std']:.1f}" if n > 1 and key + "_std" in m else "")
+
+
+def markdown(task: str, rows: list, proxy: bool, smoke: bool, dense_name: str = "dense",
+             per_seed: "dict | None" = None) -> str:
+    """The results table: mAP (mean ± std over seeds), backbone Params/FLOPs per pattern (and vs dense), SAD,
+    time; then every seed's mAP."""
     seg = task == "seg"
     dense = next((r["metrics"] for r in rows if r["name"] == dense_name), None)
-    head = ["row", "box mAP", "box mAP50"] + (["mask mAP", "mask mAP50"] if seg else []) + \
+    head = ["row", "seeds", "box mAP", "box mAP50"] + (["mask mAP", "mask mAP50"] if seg else []) + \
            ["backbone Params (M)", "backbone FLOPs (G)", "vs dense", "detector Params (M)", "detector FLOPs (G)",
             "SAD vs init", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        m = r["metrics"]
+        m, n = r["metrics"], len(r.get("seeds", [0]))
         ratio = f"{m['backbone_gflops'] / dense['backbone_gflops']:.2f}x" if dense else "-"
-        cells = [r["name"], f"{m['box_mAP']:.1f}", f"{m['box_mAP50']:.1f}"]
+        cells = [r["name"], str(n), _pm(m, "box_mAP", n), _pm(m, "box_mAP50", n)]
         if seg:
-            cells += [f"{m['mask_mAP']:.1f}", f"{m['mask_mAP50']:.1f}"]
+            cells += [_pm(m, "mask_mAP", n), _pm(m, "mask_mAP50", n)]
         cells += [f"{m['backbone_params_m']:.3f}", f"{m['backbone_gflops']:.4f}", ratio,
                   f"{m.get('detector_params_m', float('nan')):.3f}", f"{m.get('detector_gflops', float('nan')):.4f}",
                   f"{m['sad_init']:.3f}",
@@ -218,15 +318,39 @@ def markdown(task: str, rows: list, proxy: bool, smoke: bool, dense_name: str = 
     what = "COCO 2017 val" if not proxy else "Fashion-MNIST COCO proxy val"
     title = f"{'Mask' if seg else 'Faster'} R-CNN, {what}{' - SMOKE run, numbers not meaningful' if smoke else ''}"
     notes = config_notes(Path(rows[0]["config"])) if rows else ""
-    return f"## {title}\n\n" + "\n".join(lines) + "\n\n```\n" + notes + "\n```\n"
+    text = f"## {title}\n\nmAP: mean ± standard deviation over the seeds; SAD, Params/FLOPs, time: means.\n\n" + \
+        "\n".join(lines) + "\n"
+    if per_seed:
+        metrics = ["box_mAP"] + (["mask_mAP"] if seg else [])
+        seeds = sorted({s for r in per_seed.values() for s in r.get("box_mAP", {})}, key=int)
+        lines = ["| row | metric | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                 "|---|---|" + "---|" * len(seeds)]
+        for r in rows:
+            for metric in metrics:
+                values = per_seed.get(r["name"], {}).get(metric, {})
+                lines.append(f"| {r['name']} | {metric} | " +
+                             " | ".join(f"{values[s]:.1f}" if s in values else "-" for s in seeds) + " |")
+        text += "\n### Every seed (same seed = same initialisation and data order in every row)\n\n" + \
+            "\n".join(lines) + "\n"
+    return text + "\n```\n" + notes + "\n```\n"
 
 
 def main(argv=None) -> int:
     """Entry point of ``make reproduce-coco-{det,seg}``; a missing file or bad setting: message and status 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=sorted(GRID))
+    parser.add_argument("--from-results", metavar="RESULTS_JSON",
+                        help="no training: redo claims, tables, plots and the check of a finished run")
     args = parser.parse_args(argv)
     try:
+        if args.from_results:
+            path = Path(args.from_results)
+            if not path.is_file():
+                raise FileNotFoundError(f"--from-results: {path} does not exist")
+            result = json.loads(path.read_text())
+            if result.get("task") != args.task or "per_seed" not in result:
+                raise ValueError(f"--from-results: {path} is not a per-seed {args.task} result")
+            return finish(result, path.parent)
         return reproduce(args.task)
     except (FileNotFoundError, ValueError) as e:
         print(f"reproduce-coco-{args.task}: {e}", file=sys.stderr)
@@ -234,11 +358,12 @@ def main(argv=None) -> int:
 
 
 def reproduce(task: str) -> int:
-    """Train and evaluate the grid of ``task`` (see the module doc), write the results, run the check."""
-    args = argparse.Namespace(task=task)
+    """Train and evaluate the grid of ``task`` over the seeds (see the module doc), write the results, check."""
     coco_root = os.environ.get("COCO_ROOT")
     smoke = os.environ.get("SMOKE", "") not in ("", "0")
     proxy = not coco_root
+    seeds = seeds_from_env(task, proxy, smoke)
+    cfg_options_from_env()  # a bad COCO_CFG_OPTIONS stops here, before any training
     if proxy:
         from nm_plugins.mmdet.proxy_data import generate
         print(f"COCO_ROOT is not set: running the CPU proxy at {generate()}", flush=True)
@@ -246,37 +371,68 @@ def reproduce(task: str) -> int:
         check_coco_root(coco_root)
     launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
     suffix = ("-proxy" if proxy else "") + ("-smoke" if smoke else "")
-    out = Path(os.environ.get("RESULTS_DIR") or Path("results") / f"coco-{args.task}{suffix}")
-    grid = selected_rows(args.task)
+    out = Path(os.environ.get("RESULTS_DIR") or Path("results") / f"coco-{task}{suffix}")
+    grid = selected_rows(task)
     if not proxy:  # every backbone is there before the first row trains
         for method, pattern in grid:
             imagenet_checkpoint(method, pattern, smoke)
-    start = time.time()
-    rows = [run_row(args.task, method, pattern, proxy, smoke, Path(f"coco-{args.task}{suffix}"), launcher)
-            for method, pattern in grid]
+    start, load0 = time.time(), os.getloadavg()[0]
+    print(f"{len(grid)} rows x seeds {list(seeds)}", flush=True)
+    runs = [run_row(task, method, pattern, proxy, smoke, Path(f"coco-{task}{suffix}"), launcher, seed)
+            for seed in seeds for method, pattern in grid]
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    flat = {f"{r['name']}/{k}": v for r in rows for k, v in r["metrics"].items()}
-    dense = flat.get("dense/backbone_gflops")
-    for r in rows:
-        if dense:
-            flat[f"{r['name']}/flops_ratio"] = flat[f"{r['name']}/backbone_gflops"] / dense
-            flat[f"{r['name']}/params_ratio"] = flat[f"{r['name']}/backbone_params_m"] / flat["dense/backbone_params_m"]
-    result = {"task": args.task, "proxy": proxy, "smoke": smoke, "rows": rows, "metrics": flat,
+    rows, per_seed = aggregate(runs)
+    result = {"task": task, "proxy": proxy, "smoke": smoke, "seeds": list(seeds),
+              "full_grid": len(grid) == len(GRID[task]), "rows": rows, "per_seed": per_seed, "runs": runs,
               "total_minutes": (time.time() - start) / 60,
+              "load_average": {"start": load0, "end": os.getloadavg()[0]},
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(),
                           "cpu_count": os.cpu_count()}}
+    return finish(result, out)
+
+
+def finish(result: dict, out: Path) -> int:
+    """Flat metrics, the claims, results.json/.md, the plots and (full grid only) the threshold check of a run
+    (``result`` as :func:`reproduce` builds it); the check's exit status."""
+    task, rows = result["task"], result["rows"]
+    thresholds = thresholds_path(task, result["proxy"], result["smoke"])
+    flat = {f"{r['name']}/{k}": v for r in rows for k, v in r["metrics"].items()}
+    dense = flat.get("dense/backbone_gflops")
+    for r in rows:
+        flat[f"{r['name']}/n_seeds"] = len(r["seeds"])
+        if dense:
+            flat[f"{r['name']}/flops_ratio"] = flat[f"{r['name']}/backbone_gflops"] / dense
+            flat[f"{r['name']}/params_ratio"] = flat[f"{r['name']}/backbone_params_m"] / flat["dense/backbone_params_m"]
+    result["metrics"] = flat
+    result["claims"] = claim_rows(result["per_seed"], thresholds)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    table = markdown(args.task, rows, proxy, smoke)
-    (out / "results.md").write_text(table)
+    table = markdown(task, rows, result["proxy"], result["smoke"], per_seed=result["per_seed"])
+    load, machine = result.get("load_average", {}), result.get("machine", {})
+    table += (f"\nRun: seeds {result['seeds']}, {len(result.get('runs', []))} trainings in "
+              f"{result['total_minutes']:.1f} min wall (load average {load.get('start', float('nan')):.1f} at the "
+              f"start, {load.get('end', float('nan')):.1f} at the end, {machine.get('cpu_count')} cores, "
+              f"{machine.get('threads')} torch thread(s) per run).\n")
+    if result["claims"]:
+        from ci.claims import markdown_claims, plot_claims
+        table += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
+                  f"95% t-interval ({thresholds})\n\n" + markdown_claims(result["claims"]))
+        if any(c["mean"] is not None for c in result["claims"]):
+            plot_claims(result["claims"], out / "claims.png")
+    plot_rows(task, rows, result["per_seed"], out / "map.png")
     print(table, flush=True)
-    if len(grid) < len(GRID[args.task]):
-        print(f"COCO_ROWS selects {len(grid)} of {len(GRID[args.task])} rows: no threshold check", flush=True)
+    if not result.get("full_grid", True):
+        print(f"COCO_ROWS selects {len(rows)} of {len(GRID[task])} rows: no threshold check", flush=True)
+        (out / "results.md").write_text(table)
         return 0
-    thresholds = Path("ci/thresholds") / f"coco_{args.task}{suffix.replace('-', '_')}.yaml"
-    return subprocess.call([sys.executable, "-m", "ci.check", str(out / "results.json"), str(thresholds)])
+    check = subprocess.run([sys.executable, "-m", "ci.check", str(out / "results.json"), str(thresholds)],
+                           capture_output=True, text=True)
+    print(check.stdout + check.stderr, end="", flush=True)
+    (out / "results.md").write_text(table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"
+                                    f"{check.stdout}{check.stderr}```\n")
+    return check.returncode
 
 
 if __name__ == "__main__":
