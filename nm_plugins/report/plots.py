@@ -96,12 +96,7 @@ def accuracy_vs_density(rows: list, title: str) -> str:
         sub = [r for r in rows if r["method"] == method]
         ax.errorbar([r["density"] for r in sub], [r["top1_mean"] for r in sub], yerr=[r.get("top1_std", 0) for r in sub],
                     fmt="o", capsize=3, label=method)
-    ax.set_xlabel("density (kept fraction of N:M weights)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return svg_uri(fig)
+    return _finish(fig, ax, "density (kept fraction of N:M weights)", "top-1 (%)", title, legend_size=8)
 
 
 def sad_curves(rows: list, title: str) -> str:
@@ -111,9 +106,14 @@ def sad_curves(rows: list, title: str) -> str:
     for r in rows:
         curve = [0.0] + list(r.get("sad_curve_mean") or [])
         ax.plot(range(len(curve)), curve, marker="o", label=r["key"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("SAD vs initial mask")
+    return _finish(fig, ax, "epoch", "SAD vs initial mask", title, legend_size=7)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> str:
+    """Labels, title and legend of a one-axes figure; the figure as an SVG data URI."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     return svg_uri(fig)
