@@ -36,37 +36,35 @@ fi
 "${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, timm, nm_plugins; from mmcv.ops import nms; print('install: ok (torch', __import__('torch').__version__, ')')"
 
+# Debian packages the proxies and the report's browser test need: installed with apt-get where it exists;
+# otherwise, or when apt-get fails, a warning naming the package and the alternative ($2), and the install goes on.
+apt_package() {
+  if ! command -v apt-get >/dev/null; then
+    echo "install: apt-get is not available: install Debian's $1; $2" >&2
+    return 0
+  fi
+  local SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  if ! { $SUDO apt-get install -y -q "$1" >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$1" >/dev/null; }; }; then
+    echo "install: could not apt-get install $1; $2" >&2
+  fi
+}
+
 echo "== Fashion-MNIST (Debian dataset-fashion-mnist)"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   echo "   already installed"
-elif command -v apt-get >/dev/null; then
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  if ! { $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }; }; then
-    echo "install: could not apt-get install dataset-fashion-mnist; the proxy experiments need it (or FASHION_MNIST_DIR)" >&2
-  fi
 else
-  echo "install: apt-get is not available: install Debian's dataset-fashion-mnist or set FASHION_MNIST_DIR to a folder with its IDX files" >&2
+  apt_package dataset-fashion-mnist "the proxy experiments need it, or set FASHION_MNIST_DIR to a folder with its IDX files"
 fi
 echo "== German-English dictionary (Debian dict-de-en, the translation proxy's corpus)"
 if [ -f /usr/share/dictd/german-english.dict.dz ]; then
   echo "   already installed"
-elif command -v apt-get >/dev/null; then
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  if ! { $SUDO apt-get install -y -q dict-de-en >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dict-de-en >/dev/null; }; }; then
-    echo "install: could not apt-get install dict-de-en; the translation proxy needs it (or DICT_DE_EN_DIR)" >&2
-  fi
 else
-  echo "install: apt-get is not available: install Debian's dict-de-en or set DICT_DE_EN_DIR to a folder with german-english.index and german-english.dict.dz" >&2
+  apt_package dict-de-en "the translation proxy needs it, or set DICT_DE_EN_DIR to a folder with german-english.index and german-english.dict.dz"
 fi
 echo "== Chromium (Debian chromium: make report's test renders the page in a headless browser)"
 if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
   echo "   already installed"
-elif command -v apt-get >/dev/null; then
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  if ! { $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }; }; then
-    echo "install: could not apt-get install chromium; tests/test_report.py skips its browser test without it (or set CHROMIUM=/path)" >&2
-  fi
 else
-  echo "install: apt-get is not available: install Chromium (or set CHROMIUM=/path/to/chrome) for the report's browser test" >&2
+  apt_package chromium "tests/test_report.py skips its browser test without it, or set CHROMIUM=/path/to/chrome"
 fi
 echo "install: done"

@@ -11,13 +11,7 @@ from nm_plugins.translation.model import BOS, EOS, PAD, Attention, build_model
 from nm_plugins.translation.search import beam_search, greedy, length_penalty
 from nm_plugins.translation.train import params_flops
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two (and far faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see tests/conftest.py
 
 
 TINY = ["model.d_model=32", "model.ffn=64", "model.heads=4", "model.enc_layers=2", "model.dec_layers=2",

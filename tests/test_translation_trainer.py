@@ -21,13 +21,7 @@ from test_translation_data import write_wmt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "translation" / "wmt14_en_de_srste_2_4.yaml"
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two (and far faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see tests/conftest.py
 
 
 TINY = ["model.d_model=32", "model.ffn=64", "model.heads=2", "model.enc_layers=1", "model.dec_layers=1",

@@ -30,8 +30,9 @@ from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
 from nm_plugins.timm import asp_prune, create_model
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
-from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
+from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
+                                      shutdown_distributed)
 
 LAST_NAME = "checkpoint.pt"  # last epoch, full resume state (--resume)
 BEST_NAME = "model_best.pth"  # best val top-1: weights + masks (backbone of the mmdet R50 configs)
@@ -264,16 +265,6 @@ def _best_entry(history: list, first_sparse_epoch: int = 0):
 def _is_best(history: list, first_sparse_epoch: int = 0) -> bool:
     """Whether the last epoch of ``history`` is the best one so far (see :func:`_best_entry`)."""
     return _best_entry(history, first_sparse_epoch) is history[-1]
-
-
-def masks_digest(model: nn.Module) -> str:
-    """A short hash of all N:M masks (to compare the masks of two runs)."""
-    import hashlib
-    h = hashlib.sha256()
-    for name, layer in sparse_layers(model):
-        h.update(name.encode())
-        h.update(layer.mask().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def main(argv=None) -> int:

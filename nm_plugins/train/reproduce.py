@@ -208,17 +208,22 @@ def imagenet_seeds() -> tuple:
     return seeds
 
 
+def select_configs(rows: list, env: str, prog: str) -> list:
+    """``rows`` (config paths), or those the comma-separated names in environment variable ``env`` select, in that
+    order; an unknown name stops ``prog`` with the known ones."""
+    wanted = [w.strip() for w in os.environ.get(env, "").split(",") if w.strip()]
+    if not wanted:
+        return rows
+    names = {p.stem: p for p in rows}
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise SystemExit(f"{prog}: {env} names unknown configs {missing}; known: {sorted(names)}")
+    return [names[w] for w in wanted]
+
+
 def imagenet_rows() -> list:
     """The configs/imagenet/*.yaml files to run (IMAGENET_ROWS selects some by name)."""
-    rows = sorted(IMAGENET_CONFIGS.glob("*.yaml"))
-    wanted = [w.strip() for w in os.environ.get("IMAGENET_ROWS", "").split(",") if w.strip()]
-    if wanted:
-        names = {p.stem: p for p in rows}
-        missing = [w for w in wanted if w not in names]
-        if missing:
-            raise SystemExit(f"reproduce: IMAGENET_ROWS names unknown configs {missing}; known: {sorted(names)}")
-        rows = [names[w] for w in wanted]
-    return rows
+    return select_configs(sorted(IMAGENET_CONFIGS.glob("*.yaml")), "IMAGENET_ROWS", "reproduce")
 
 
 def reproduce_imagenet(root: str, smoke: bool, results_dir: Path) -> int:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nm_plugins.core import sparse_layers
+
 
 @dataclass
 class DistInfo:
@@ -149,3 +151,13 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def masks_digest(model: torch.nn.Module) -> str:
+    """A short hash of all N:M masks (to compare the masks of two runs)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, layer in sparse_layers(model):
+        h.update(name.encode())
+        h.update(layer.mask().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -218,16 +218,9 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
 
 def wmt_rows() -> list:
     """configs/translation/wmt14_en_de_*.yaml to run (WMT_ROWS selects some by name)."""
-    rows = sorted(WMT_CONFIGS.glob("wmt14_en_de_*.yaml"))
-    rows = [r for r in rows if r.stem != "wmt14_en_de_base"]
-    wanted = [w.strip() for w in os.environ.get("WMT_ROWS", "").split(",") if w.strip()]
-    if wanted:
-        names = {p.stem: p for p in rows}
-        missing = [w for w in wanted if w not in names]
-        if missing:
-            raise SystemExit(f"reproduce-translation: WMT_ROWS names unknown configs {missing}; known: {sorted(names)}")
-        rows = [names[w] for w in wanted]
-    return rows
+    from nm_plugins.train.reproduce import select_configs
+    rows = [r for r in sorted(WMT_CONFIGS.glob("wmt14_en_de_*.yaml")) if r.stem != "wmt14_en_de_base"]
+    return select_configs(rows, "WMT_ROWS", "reproduce-translation")
 
 
 def reproduce_wmt(root: str, smoke: bool, results_dir: Path) -> int:

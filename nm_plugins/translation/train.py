@@ -28,8 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
-from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
+from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
+                                      shutdown_distributed)
 
 from .config import load_config
 from .data import collate, epoch_order, load_split, make_batches, prepare_dict_corpus, wmt_files
@@ -138,16 +139,6 @@ def average_checkpoints(paths: list) -> dict:
         else:
             out[key] = value
     return out
-
-
-def masks_digest(model: nn.Module) -> str:
-    """A short hash of all N:M masks (to compare the masks of two runs)."""
-    import hashlib
-    h = hashlib.sha256()
-    for name, layer in sparse_layers(model):
-        h.update(name.encode())
-        h.update(layer.mask().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class _CountWrapper(nn.Module):
