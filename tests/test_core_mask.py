@@ -237,3 +237,38 @@ def test_large_kernels_match_the_reference(dtype, kernel, pattern):
     masked = torch.empty_like(w)
     mask = nm_mask(w, pattern, masked=masked)
     assert torch.equal(mask, reference_mask(w, pattern)) and torch.equal(masked, w * mask)
+
+
+@pytest.mark.parametrize("kernel", [(), (1, 1), (1, 3), (2, 4), (3, 3), (1, 10), (4, 4), (5, 5), (7, 7)])
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "4:8", "2:8", "3:16"])
+def test_every_kernel_path_matches_the_reference(kernel, pattern):
+    """Each code path of the compiled kernel (per kernel size and M: vectorised rows, the last kernel position
+    ranked for eight blocks at once, 1x1 groups transposed, the tiled fallback), at sizes that split over threads
+    and leave blocks over: the reference mask, and the masked weight equal to w * mask down to signed zeros."""
+    p = NMPattern.parse(pattern)
+    gen = torch.Generator().manual_seed(len(kernel) * 31 + p.m)
+    shape = (37, 5 * p.m) + kernel  # 37 * 5 blocks: not a multiple of 8
+    w = (torch.randint(-4, 5, shape, generator=gen) / 4).to(torch.float32)  # ties and signed zeros included
+    w[0, :, ...] = -0.0
+    torch.set_num_threads(2)
+    masked = torch.empty_like(w)
+    mask = nm_mask(w, pattern, masked=masked)
+    assert torch.equal(mask, reference_mask(w, pattern))
+    expected = w * mask
+    assert torch.equal(masked, expected) and torch.equal(masked.signbit(), expected.signbit())
+    big = torch.randn((256, 16 * p.m) + kernel, generator=gen)  # several threads' share of work
+    assert torch.equal(nm_mask(big, pattern), reference_mask(big, pattern))
+
+
+@pytest.mark.parametrize("kernel", [(), (3, 3), (1, 8)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_weight_anywhere_raises(kernel, bad):
+    """NaN/inf at the first, a middle and the last kernel position of a block, in the eight-block groups and in
+    the blocks left over, is reported."""
+    shape = (9, 8) + kernel  # 18 blocks of 2:4: two groups of eight and two left over
+    last = tuple(s - 1 for s in kernel)
+    for where in [(0, 0) + (0,) * len(kernel), (3, 5) + last, (8, 7) + last, (8, 6) + tuple(s // 2 for s in kernel)]:
+        w = torch.randn(shape)
+        w[where] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            nm_mask(w, "2:4")

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .decay import mark_pending
-from .mask import check_groupable, check_grouping, is_valid_nm_mask, masked_grad, nm_mask
+from .mask import check_groupable, check_grouping, is_valid_nm_mask, kernel_mask_call, masked_grad, nm_mask
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
@@ -20,9 +20,10 @@ DEFAULT_DECAY = 2e-4
 class _MaskState:
     """Per-layer cache: the weight version the mask was computed for; the masked weight (kept between steps and
     rewritten in place, so a step allocates nothing new for it) with the (weight, mask) versions it holds; the
-    backward calls whose decay is owed; whether the weight's last gradient came through the layer's forward."""
+    backward calls whose decay is owed; whether the weight's last gradient came through the layer's forward; the
+    prepared C-kernel call for the current (weight, mask, masked weight) tensors."""
 
-    __slots__ = ("key", "masked", "masked_key", "calls", "through_forward", "guarded")
+    __slots__ = ("key", "masked", "masked_key", "calls", "through_forward", "guarded", "kernel_call")
 
     def __init__(self, key=None):
         self.key = key
@@ -31,6 +32,7 @@ class _MaskState:
         self.calls = 0
         self.through_forward = False
         self.guarded = None
+        self.kernel_call = (None, None)  # (what it was prepared for, the call or None)
 
     def __deepcopy__(self, memo):
         # a copy recomputes its masked weight for its own weight; a ``fixed`` copy keeps its (copied) mask
@@ -53,7 +55,7 @@ class _MaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        weight, mask = ctx.saved_tensors
+        weight, mask = ctx.saved_tensors  # also refuses a graph whose weight or mask was rewritten since
         layer = ctx.layer
         layer._state.through_forward = True
         if ctx.method == "fixed":
@@ -127,7 +129,17 @@ class SparseMixin:
             self._state.guarded = weakref.ref(w)
 
     def _compute_mask(self, weight: torch.Tensor, out: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
-        """The one place a layer computes its mask: ``nm_mask`` of ``weight`` with the layer's pattern and grouping."""
+        """The one place a layer computes its mask: ``nm_mask`` of ``weight`` with the layer's pattern and grouping
+        (on the CPU as a C-kernel call prepared once for these tensors: the same kernel, without the per-call checks)."""
+        if masked is not None and self.grouping == "channels":
+            state = self._state
+            tensors = (weight.data_ptr(), out.data_ptr(), masked.data_ptr(), weight.shape, weight.stride(),
+                       weight.dtype, weight.device, self.pattern)
+            if state.kernel_call[0] != tensors:
+                state.kernel_call = (tensors, kernel_mask_call(weight, self.pattern, out, masked))
+            if state.kernel_call[1] is not None:
+                state.kernel_call[1]()
+                return out
         return nm_mask(weight, self.pattern, out=out, masked=masked, check_finite=False, grouping=self.grouping)
 
     def mask_is_valid(self, mask: torch.Tensor | None = None) -> bool:
@@ -142,16 +154,19 @@ class SparseMixin:
     def mask(self) -> torch.Tensor:
         """The current N:M mask; recomputed only when the dense weight changed (its version counter) since it was
         computed (``fixed`` keeps its mask; ``dense`` computes it for tracking but never applies it)."""
-        key = self._weight_key()
-        if self._state.key is None or (self.method != "fixed" and self._state.key != key):
-            # the masked weight comes with the mask in the same pass (not needed for ``dense``)
-            masked = None if self.method == "dense" else self._masked_buffer()
+        # the masked weight comes with the mask in the same pass (not needed for ``dense``)
+        self._update_mask(self._weight_key(), None if self.method == "dense" else self._masked_buffer())
+        return self.nm_mask
+
+    def _update_mask(self, key: tuple, masked: torch.Tensor | None) -> None:
+        """Recompute the mask, and ``masked`` with it, unless it was computed for the weight version ``key``."""
+        state = self._state
+        if state.key is None or (self.method != "fixed" and state.key != key):
             with torch.no_grad():
                 self._compute_mask(self.weight, self.nm_mask, masked)
-            self._state.key = key
+            state.key = key
             if masked is not None:
-                self._state.masked_key = self._masked_key(key)
-        return self.nm_mask
+                state.masked_key = self._masked_key(key)
 
     def refresh_mask(self) -> torch.Tensor:
         """Recompute the mask from the current weight now (also for ``fixed``) and return it."""
@@ -174,19 +189,21 @@ class SparseMixin:
     def _masked_weight(self, in_forward: bool) -> torch.Tensor:
         if self.method == "dense":
             return self.weight
-        self._guard()
+        w, state = self.weight, self._state
+        if state.guarded is None or state.guarded() is not w:
+            self._guard()
         if not torch.is_grad_enabled():
             return self._fresh_masked_weight()
-        mask, masked = self.mask(), self._masked_buffer()
-        state = self._state
-        masked_key = self._masked_key(self._weight_key())
+        key, masked, mask = self._weight_key(), self._masked_buffer(), self.nm_mask
+        self._update_mask(key, masked)
+        masked_key = self._masked_key(key)
         if state.masked_key != masked_key:
             with torch.no_grad():
-                torch.mul(self.weight, mask.view(torch.uint8), out=masked)
+                torch.mul(w, mask.view(torch.uint8), out=masked)
             state.masked_key = masked_key
-        if not self.weight.requires_grad:
+        if not w.requires_grad:
             return masked.view_as(masked)
-        return _MaskedWeight.apply(self.weight, mask, masked, self, in_forward)
+        return _MaskedWeight.apply(w, mask, masked, self, in_forward)
 
     def _fresh_masked_weight(self) -> torch.Tensor:
         """Without gradients (evaluation, EMA / teacher models, inference): weight ⊙ mask from the weight as it

@@ -193,6 +193,30 @@ def _kernel_mask(w: torch.Tensor, pattern: NMPattern, out: torch.Tensor | None,
     return out
 
 
+def kernel_mask_call(weight: torch.Tensor, pattern: NMPattern, out: torch.Tensor, masked: torch.Tensor):
+    """A no-argument function doing ``nm_mask(weight, pattern, out=out, masked=masked, check_finite=False)`` with
+    the C kernel for exactly these tensors, its checks done once here; None where the kernel does not take them
+    (CUDA, partial groups, other dtypes or layouts: use :func:`nm_mask`). The layers' per-step mask on the CPU."""
+    if mask_implementation(weight, pattern) != "c-kernel" or partial_group_size(weight.shape, pattern) \
+            or not _kernel_fits(weight, masked) or masked.dtype != weight.dtype or masked.shape != weight.shape \
+            or out.dtype != torch.bool or out.shape != weight.shape or not out.is_contiguous() or weight.numel() == 0:
+        return None
+    o, c = weight.shape[0], weight.shape[1]
+    args = (weight.data_ptr(), out.data_ptr(), masked.data_ptr(), o, c, weight.numel() // (o * c), pattern.n,
+            pattern.m, int(weight.dtype == torch.float64))
+    kernel, num_threads, bump = _KERNEL.nm_mask_kernel, torch.get_num_threads, torch.autograd.graph.increment_version
+
+    def call() -> None:
+        rc = kernel(*args, num_threads())
+        bump(out)  # written behind torch's back: version-keyed caches and autograd's checks must see it
+        bump(masked)
+        if rc:
+            raise _nonfinite_error(weight.shape) if rc == 1 else RuntimeError(
+                f"nm_mask kernel failed for shape {tuple(weight.shape)} and pattern {pattern}")
+
+    return call
+
+
 def _triton_mask(w: torch.Tensor, pattern: NMPattern, out, masked, check_finite: bool) -> torch.Tensor:
     if _strides3(w) is None:
         w = w.contiguous()
