@@ -229,3 +229,28 @@ def test_public_masked_weight_is_a_snapshot():
     layer(torch.randn(3, 16))  # rewrites the layer's own masked-weight buffer
     assert torch.equal(before, expected)
     assert not torch.equal(layer.masked_weight(), before)
+
+
+def test_training_forward_follows_replaced_weight_storage_and_buffers():
+    """The layers' prepared mask call is tied to the tensors it was prepared for: a weight given new storage
+    (``.data =``, a resize), a replaced mask buffer or a changed pattern are masked from what they are now."""
+    layer = SparseConv2d(8, 8, 3, padding=1, bias=False)
+
+    def check():
+        x = torch.randn(2, layer.weight.shape[1], 5, 5)
+        out = layer(x)
+        expected = F.conv2d(x, layer.weight.detach() * nm_mask(layer.weight, layer.pattern), padding=1)
+        assert torch.equal(layer.nm_mask, nm_mask(layer.weight, layer.pattern)) and torch.equal(out, expected)
+        out.sum().backward()
+
+    check()
+    layer.weight.data = torch.randn(8, 8, 3, 3)  # new storage, same shape
+    check()
+    layer.weight.grad = None  # as for nn.Conv2d: a gradient of the old shape cannot be accumulated into
+    layer.weight.data = torch.randn(8, 16, 3, 3)  # new shape, with a new mask buffer
+    layer.nm_mask = torch.ones_like(layer.weight, dtype=torch.bool)
+    layer.in_channels = 16
+    check()
+    layer.pattern = type(layer.pattern).parse("1:4")
+    layer.refresh_mask()
+    check()

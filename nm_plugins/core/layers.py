@@ -130,9 +130,10 @@ class SparseMixin:
 
     def _compute_mask(self, weight: torch.Tensor, out: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
         """The one place a layer computes its mask: ``nm_mask`` of ``weight`` with the layer's pattern and grouping
-        (on the CPU as a C-kernel call prepared once for these tensors: the same kernel, without the per-call checks)."""
-        if masked is not None and self.grouping == "channels":
-            state = self._state
+        (into the layer's own buffers on the CPU: a C-kernel call prepared once for them, without nm_mask's per-call
+        checks; the same kernel)."""
+        state = self._state
+        if masked is not None and masked is state.masked and self.grouping == "channels":
             tensors = (weight.data_ptr(), out.data_ptr(), masked.data_ptr(), weight.shape, weight.stride(),
                        weight.dtype, weight.device, self.pattern)
             if state.kernel_call[0] != tensors:
