@@ -190,9 +190,8 @@ class SparseMixin:
     def _masked_weight(self, in_forward: bool) -> torch.Tensor:
         if self.method == "dense":
             return self.weight
+        self._guard()
         w, state = self.weight, self._state
-        if state.guarded is None or state.guarded() is not w:
-            self._guard()
         if not torch.is_grad_enabled():
             return self._fresh_masked_weight()
         key, masked, mask = self._weight_key(), self._masked_buffer(), self.nm_mask
