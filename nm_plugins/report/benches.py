@@ -31,6 +31,23 @@ def _thresholds(sec, res, href, stem, ctx) -> None:
         sec["notes"].append(f"No thresholds file ci/thresholds/{stem}.yaml for this file: its figures are not checked.")
 
 
+def _file_sections(ctx, folder, group, what, command, title, fill) -> list:
+    """One section per JSON file of ``results/<folder>/``, titled ``title(res, path)`` and filled by
+    ``fill(sec, res, href, path)``; one "not run" section about ``what`` when the folder holds none."""
+    directory = ctx["results_dir"] / folder
+    files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    if not files:
+        return [{**_base(folder, group, what, folder, command, ctx), "status": C.NOT_RUN}]
+    out = []
+    for path in files:
+        sec = _base(f"{folder}-{path.stem}", group, "", folder, command, ctx)
+        res, href = _loaded(sec, path, ctx)
+        sec["title"] = title(res, path)
+        fill(sec, res, href, path)
+        out.append(sec)
+    return out
+
+
 def bench_section(ctx: dict) -> dict:
     """``make bench``: the ratios of ``benchmarks.report`` (the code that prints them) and every benchmark's timings."""
     sec = _base("bench-cpu", "CPU benchmarks", "SR-STE / dense step cost and nm_mask speed (pytest-benchmark, CPU)",
@@ -62,16 +79,7 @@ def bench_section(ctx: dict) -> dict:
 
 def loader_sections(ctx: dict) -> list:
     """``make loader-bench``: images/s of the ImageNet loader per decode mode and worker count, one section a file."""
-    folder = ctx["results_dir"] / "loader"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
-        return [{**_base("loader", "CPU benchmarks", "ImageNet loader images/s", "loader", "make loader-bench", ctx),
-                 "status": C.NOT_RUN}]
-    out = []
-    for path in files:
-        sec = _base(f"loader-{path.stem}", "CPU benchmarks", f"ImageNet loader images/s ({path.stem})", "loader",
-                    "make loader-bench", ctx)
-        res, href = _loaded(sec, path, ctx)
+    def fill(sec, res, href, path):
         lines = [[C.text_cell(r.get("decode")), C.text_cell(str(r.get("workers"))), C.text_cell(r.get("device")),
                   C.cell(r.get("images_per_s"), href, f"runs[{i}].images_per_s", ".1f"),
                   C.cell(r.get("images_per_process_cpu_s"), href, f"runs[{i}].images_per_process_cpu_s", ".1f"),
@@ -79,8 +87,9 @@ def loader_sections(ctx: dict) -> list:
         sec["tables"].append(C.table(["decode", "workers", "device", "images/s", "images per process CPU-second", "images"],
                                      lines, f"{res.get('images', '?')} JPEGs of {res.get('mean_kb', 0):.0f} kB on average, "
                                             f"batch {res.get('batch', '?')}"))
-        out.append(sec)
-    return out
+
+    return _file_sections(ctx, "loader", "CPU benchmarks", "ImageNet loader images/s", "make loader-bench",
+                          lambda res, path: f"ImageNet loader images/s ({path.stem})", fill)
 
 
 def _gpu_title(res: dict, path) -> str:
@@ -90,16 +99,7 @@ def _gpu_title(res: dict, path) -> str:
 
 def throughput_sections(ctx: dict) -> list:
     """``make throughput``: training-step and 2:4 inference ratios per GPU file, checked against its thresholds."""
-    folder = ctx["results_dir"] / "throughput"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
-        return [{**_base("throughput", "GPU throughput", "training-step and 2:4 inference throughput", "throughput",
-                         "make throughput", ctx), "status": C.NOT_RUN}]
-    out = []
-    for path in files:
-        sec = _base(f"throughput-{path.stem}", "GPU throughput", _gpu_title(C.load_json(path), path),
-                    "throughput", "make throughput", ctx)
-        res, href = _loaded(sec, path, ctx)
+    def fill(sec, res, href, path):
         m = res.get("metrics", {}) or {}
         train = [f"train/{k}" for k in res.get("train", {}) or {}]
         infer = [f"infer/{k}" for k in res.get("inference", {}) or {}]
@@ -131,8 +131,9 @@ def throughput_sections(ctx: dict) -> list:
             sec["plots"].append({"title": "2:4 inference speed-up", "uri": P.bars(
                 {k: v for k, v in inf.items() if v}, f"{path.stem}: inference speed-up over dense (higher is better)",
                 "speed-up", ref=1.0, ref_label="dense")})
-        out.append(sec)
-    return out
+
+    return _file_sections(ctx, "throughput", "GPU throughput", "training-step and 2:4 inference throughput",
+                          "make throughput", _gpu_title, fill)
 
 
 def throughput_reference(ctx: dict) -> list:
@@ -145,16 +146,7 @@ def throughput_reference(ctx: dict) -> list:
 
 def gpu_smoke_sections(ctx: dict) -> list:
     """``make gpu-smoke``: each reproduction's real-data path per GPU, checked against gpu_smoke_<gpu>.yaml."""
-    folder = ctx["results_dir"] / "gpu-smoke"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
-        return [{**_base("gpu-smoke", "GPU smoke", "each reproduction's real-data path on GPUs", "gpu-smoke",
-                         "make gpu-smoke", ctx), "status": C.NOT_RUN}]
-    out = []
-    for path in files:
-        sec = _base(f"gpu-smoke-{path.stem}", "GPU smoke", _gpu_title(C.load_json(path), path), "gpu-smoke",
-                    "make gpu-smoke", ctx)
-        res, href = _loaded(sec, path, ctx)
+    def fill(sec, res, href, path):
         trainers = list(res.get("trainers", {}) or {})
         sec["tables"].append(C.pivot(res, trainers, [("srste_over_dense", "SR-STE / dense step", ".3f"),
                                                      ("dense/images_per_s*", "", ".1f"), ("srste/images_per_s*", "", ".1f"),
@@ -169,5 +161,6 @@ def gpu_smoke_sections(ctx: dict) -> list:
         if ratio:
             sec["plots"].append({"title": "SR-STE / dense step per trainer", "uri": P.bars(
                 {"SR-STE / dense": ratio}, f"{path.stem}: SR-STE 2:4 step / dense step", "ratio", ref=1.0, ref_label="dense")})
-        out.append(sec)
-    return out
+
+    return _file_sections(ctx, "gpu-smoke", "GPU smoke", "each reproduction's real-data path on GPUs", "make gpu-smoke",
+                          _gpu_title, fill)
