@@ -63,7 +63,7 @@ def load_ratios(path: Path) -> tuple[dict, dict]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"benchmarks.compare: {path} is not JSON ({exc})") from exc
     if data.get("benchmarks") is not None:
-        from benchmarks.report import ratio_metrics
+        from nm_plugins.report.bench_ratios import ratio_metrics
         metrics = ratio_metrics(path)
     elif isinstance(data.get("metrics"), dict):
         metrics = data["metrics"]

@@ -385,7 +385,7 @@ def worker(args) -> int:
 
 def _worker(args) -> int:
     from benchmarks.throughput import environment, gpu_slug
-    from nm_plugins.train.runtime import init_distributed
+    from nm_plugins.runtime.training import init_distributed
     info = init_distributed(args.device)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -448,7 +448,7 @@ def check(out: Path) -> int:
     if not thresholds.is_file():
         print(f"no thresholds file {thresholds.relative_to(REPO)} for this GPU: figures not checked")
         return 0
-    from ci.check import main as check_main
+    from nm_plugins.verdicts.check import main as check_main
     return check_main([str(out / f"{slug}.json"), str(thresholds)])
 
 

@@ -511,7 +511,7 @@ def check_thresholds(path: Path, slug: str) -> int:
     if not thresholds.is_file():
         print(f"no thresholds file {thresholds.relative_to(REPO)} for this GPU: figures not checked")
         return 0
-    from ci.check import main as check_main
+    from nm_plugins.verdicts.check import main as check_main
     return check_main([str(path), str(thresholds)])
 
 

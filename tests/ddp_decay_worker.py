@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nm_plugins import SparseLinear, nm_mask
-from nm_plugins.train.runtime import shutdown_distributed
+from nm_plugins.runtime.training import shutdown_distributed
 
 DECAY = 0.5
 dist.init_process_group("gloo")

@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from ci import check, claims
+from nm_plugins.verdicts import check, claims
 
 
 def test_t_quantiles_and_interval_on_known_numbers():

@@ -12,7 +12,7 @@ import torch
 
 from nm_plugins.train.classify import lr_factor, run
 from nm_plugins.train.config import load_config
-from nm_plugins.train.runtime import load_checkpoint
+from nm_plugins.runtime.training import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"

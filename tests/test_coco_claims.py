@@ -11,7 +11,7 @@ import yaml
 
 pytest.importorskip("mmdet")
 
-from ci import check  # noqa: E402
+from nm_plugins.verdicts import check  # noqa: E402
 from nm_plugins.mmdet import reproduce  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from benchmarks import gpu_smoke
-from ci.check import evaluate
+from nm_plugins.verdicts.check import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 GPUS = ("a100", "h100", "h200")

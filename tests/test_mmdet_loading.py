@@ -110,7 +110,7 @@ def test_sparse_checkpoint_into_dense_config_is_refused(proxy_root, sparse_ckpt,
 
 def test_sparse_classifier_into_dense_backbone_init_is_refused(proxy_root, tmp_path):
     """A Pretrained backbone init_cfg holding a sparse classifier (our trainer's format) for dense layers."""
-    from nm_plugins.train.runtime import save_checkpoint
+    from nm_plugins.runtime.training import save_checkpoint
     _, model = build_detector(SPARSE)
     state = {k[len("backbone."):]: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     path = save_checkpoint(tmp_path / "model_best.pth",

@@ -121,7 +121,7 @@ def test_backbone_init_from_classification_checkpoint(tmp_path, wrap):
     """init_cfg=Pretrained loads a torchvision-style sparse ResNet-50 written by our trainers (weights_only)."""
     import torchvision
     from nm_plugins.core import sparsify
-    from nm_plugins.train.runtime import save_checkpoint
+    from nm_plugins.runtime.training import save_checkpoint
 
     src = torchvision.models.resnet50()
     sparsify(src, "2:4", "srste", exclude=("conv1",))  # the RGB stem stays dense, as in our trainer and SRSTEConv2d

@@ -11,7 +11,7 @@ import nm_plugins.raft.train as raft_train
 from nm_plugins import is_valid_nm_mask, sparse_layers
 from nm_plugins.raft import create
 from nm_plugins.raft.train import load_config, run
-from nm_plugins.train.runtime import seed_everything
+from nm_plugins.runtime.training import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -174,8 +174,8 @@ def test_claims_and_checks_are_the_ci_verdicts(committed):
     """The verdicts shown are those of ci.check / ci.claims on the committed file (here the RAFT proxy)."""
     import sys
     sys.path.insert(0, str(REPO))
-    from ci.check import evaluate
-    from ci.claims import evaluate_claims
+    from nm_plugins.verdicts.check import evaluate
+    from nm_plugins.verdicts.claims import evaluate_claims
     _, _, page = committed
     res = json.loads((RESULTS / "raft-proxy" / "results.json").read_text())
     spec = yaml.safe_load((REPO / "ci" / "thresholds" / "raft_proxy.yaml").read_text())

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from benchmarks import report, throughput
-from ci.check import evaluate
+from nm_plugins.verdicts.check import evaluate
 from nm_plugins import export_dense, sparsify, to_fast_semi_structured
 from nm_plugins.core.fast_inference import CudaGraphModule, choose_kernel, format_layer_table
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ci import check
-from ci.claims import evaluate_claims
+from nm_plugins.verdicts import check
+from nm_plugins.verdicts.claims import evaluate_claims
 from nm_plugins.translation.reproduce import aggregate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import torch
 from nm_plugins.core import is_valid_nm_mask, sparse_layers
 from nm_plugins.translation.config import load_config
 from nm_plugins.translation.train import inverse_sqrt, run
-from nm_plugins.train.runtime import load_checkpoint
+from nm_plugins.runtime.training import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_translation_data import write_wmt  # noqa: E402

@@ -26,6 +26,11 @@ class NMPattern:
         """Parse ``"N:M"`` (e.g. ``"2:4"``) into an :class:`NMPattern`; an NMPattern is returned as is."""
         if isinstance(value, NMPattern):
             return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
+            n, m = divmod(value, 60)
+            raise ValueError(f"N:M pattern must be a string like '2:4', got the integer {value}: a YAML 1.1 reader "
+                             f"(yaml.safe_load) reads {n}:{m} as the base-60 number {value}; quote it ('{n}:{m}') "
+                             f"or read the YAML with nm_plugins.runtime.config.load_yaml")
         if not isinstance(value, str):
             raise ValueError(f"N:M pattern must be a string like '2:4', got {value!r}")
         match = _PATTERN_RE.match(value)

@@ -252,10 +252,10 @@ def thresholds_path(task: str, proxy: bool, smoke: bool) -> Path:
 
 def claim_rows(per_seed: dict, thresholds: Path) -> list:
     """The claims of a thresholds file whose two rows ran, evaluated on the per-seed values (ci/claims.py)."""
-    import yaml
+    from nm_plugins.runtime.config import load_yaml
 
-    from ci.claims import evaluate_claims
-    claims = (yaml.safe_load(Path(thresholds).read_text()) or {}).get("claims", [])
+    from nm_plugins.verdicts.claims import evaluate_claims
+    claims = (load_yaml(Path(thresholds).read_text()) or {}).get("claims", [])
     return evaluate_claims(per_seed, [c for c in claims if c.get("a") in per_seed and c.get("b") in per_seed])
 
 
@@ -416,7 +416,7 @@ def finish(result: dict, out: Path) -> int:
               f"start, {load.get('end', float('nan')):.1f} at the end, {machine.get('cpu_count')} cores, "
               f"{machine.get('threads')} torch thread(s) per run).\n")
     if result["claims"]:
-        from ci.claims import markdown_claims, plot_claims
+        from nm_plugins.verdicts.claims import markdown_claims, plot_claims
         table += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
                   f"95% t-interval ({thresholds})\n\n" + markdown_claims(result["claims"]))
         if any(c["mean"] is not None for c in result["claims"]):
@@ -427,7 +427,7 @@ def finish(result: dict, out: Path) -> int:
         print(f"COCO_ROWS selects {len(rows)} of {len(GRID[task])} rows: no threshold check", flush=True)
         (out / "results.md").write_text(table)
         return 0
-    check = subprocess.run([sys.executable, "-m", "ci.check", str(out / "results.json"), str(thresholds)],
+    check = subprocess.run([sys.executable, "-m", "nm_plugins.verdicts.check", str(out / "results.json"), str(thresholds)],
                            capture_output=True, text=True)
     print(check.stdout + check.stderr, end="", flush=True)
     (out / "results.md").write_text(table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"

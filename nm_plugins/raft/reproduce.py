@@ -91,7 +91,7 @@ def _precision() -> "str | None":
 def vs_reference(per_seed: dict, reference: dict, metric: str = "epe") -> dict:
     """{row: paired ``metric`` difference this run - reference over their shared seeds, with its 95%
     t-interval (ci/claims.py), the seeds and the per-seed values of both}, for the rows both have."""
-    from ci.claims import t_interval
+    from nm_plugins.verdicts.claims import t_interval
     out = {}
     for row, values in per_seed.items():
         ref = reference.get(row, {}).get(metric)
@@ -296,7 +296,7 @@ def main() -> int:
     (results_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
     md = markdown_table(runs, baseline, title, note) + "\n## EPE per seed\n\n" + seeds_table(per_seed)
     if claims:
-        from ci.claims import markdown_claims, plot_claims
+        from nm_plugins.verdicts.claims import markdown_claims, plot_claims
         md += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
                "95% t-interval\n\n" + markdown_claims(claims))
         plot_claims(claims, results_dir / "claims.png")
@@ -315,16 +315,16 @@ def main() -> int:
     if not all_rows:
         print(f"RAFT_ROWS trained only {', '.join(per_seed)}: threshold check {thresholds.name} NOT run")
         return 0
-    return subprocess.call([sys.executable, "-m", "ci.check", str(results_dir / "results.json"), str(thresholds)],
+    return subprocess.call([sys.executable, "-m", "nm_plugins.verdicts.check", str(results_dir / "results.json"), str(thresholds)],
                            cwd=REPO)
 
 
 def _claims(per_seed: dict, thresholds: Path) -> list:
     """The claims of a thresholds file judged on the per-seed values (ci/claims.py)."""
-    import yaml
+    from nm_plugins.runtime.config import load_yaml
     sys.path.insert(0, str(REPO))
-    from ci.claims import evaluate_claims
-    return evaluate_claims(per_seed, (yaml.safe_load(thresholds.read_text()) or {}).get("claims", []))
+    from nm_plugins.verdicts.claims import evaluate_claims
+    return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
 
 
 if __name__ == "__main__":

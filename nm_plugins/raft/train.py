@@ -32,7 +32,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
-from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
+from nm_plugins.runtime.config import load_yaml
+from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
 from .datasets import train_set, val_set
@@ -77,7 +78,7 @@ def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"RAFT config {path} does not exist")
-        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
+        cfg = _merge(cfg, load_yaml(path.read_text()) or {})
     if extra:
         cfg = _merge(cfg, extra)
     for item in overrides:
@@ -89,7 +90,7 @@ def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
         parts = key.split(".")
         for part in parts[:-1]:
             leaf = leaf.setdefault(part, {})
-        leaf[parts[-1]] = yaml.safe_load(value)
+        leaf[parts[-1]] = load_yaml(value)
         cfg = _merge(cfg, node)
     return cfg
 

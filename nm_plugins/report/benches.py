@@ -56,8 +56,7 @@ def bench_section(ctx: dict) -> dict:
     if not path.is_file():
         return {**sec, "status": C.NOT_RUN}
     res, href = _loaded(sec, path, ctx)
-    C.ci_modules()  # puts the checkout on sys.path
-    from benchmarks.report import load_stats, rows  # the repository's own ratio code
+    from nm_plugins.report.bench_ratios import load_stats, rows
     stats, _ = load_stats(path)
     lines = []
     for label, med, low, target, verdict in rows(stats):

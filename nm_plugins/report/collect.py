@@ -1,5 +1,5 @@
 """Reading what the reproductions committed: results.json files, thresholds YAMLs and the paper's reference
-YAML, judged with the code CI uses (``ci.check.evaluate`` and ``ci.claims.evaluate_claims``).
+YAML, judged with the code CI uses (``nm_plugins.verdicts``: ``check.evaluate`` and ``claims.evaluate_claims``).
 
 Everything here returns plain dicts and lists ("cells" and "tables") that the template lays out; a number
 cell carries the relative link to the results.json (or reference YAML) it was read from.
@@ -12,19 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
+from nm_plugins.runtime.config import load_yaml as _yaml
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_RUN = "not run"
 NOT_RECORDED = "not recorded"
-
-
-def ci_modules():
-    """``(ci.check, ci.claims)``: the repository's CI code (imported from the checkout, like the reproductions do)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from ci import check, claims
-    return check, claims
 
 
 def load_json(path: Path) -> dict:
@@ -40,7 +32,7 @@ def load_json(path: Path) -> dict:
 
 def load_yaml(path: Path) -> dict:
     """The parsed YAML mapping at ``path`` ({} for an empty file); ValueError naming the file otherwise."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = _yaml(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"report: {path} holds a {type(data).__name__}, not a mapping")
     return data
@@ -98,9 +90,9 @@ def table(columns: list, rows: list, caption: str = "", note: str = "") -> dict:
 
 # ------------------------------------------------------------------------------------------- judgements
 def judge(results: dict, thresholds: Path, results_href: str, thresholds_href: str) -> dict:
-    """The thresholds file's checks (``ci.check.evaluate`` on ``metrics``) and the paper's claims
-    (``ci.claims.evaluate_claims`` on ``per_seed``) as tables, with counts and stale stored verdicts."""
-    check, claims_mod = ci_modules()
+    """The thresholds file's checks (``verdicts.check.evaluate`` on ``metrics``) and the paper's claims
+    (``verdicts.claims.evaluate_claims`` on ``per_seed``) as tables, with counts and stale stored verdicts."""
+    from nm_plugins.verdicts import check, claims as claims_mod
     spec = load_yaml(thresholds)
     checks = check.evaluate(results.get("metrics", {}) or {}, spec.get("checks", []) or [])
     claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}) or {}, spec.get("claims", []) or [])

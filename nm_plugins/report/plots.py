@@ -39,13 +39,12 @@ def svg_uri(fig) -> str:
 
 
 def claims_svg(claim_rows: list, title: str) -> "str | None":
-    """The claims' forest plot of ``ci.claims.plot_claims`` (the verdicts the page shows) as an SVG URI;
+    """The claims' forest plot of ``nm_plugins.verdicts.claims.plot_claims`` (the verdicts the page shows) as an SVG URI;
     None when no claim has values."""
     import tempfile
     if not any(r["mean"] is not None for r in claim_rows):
         return None
-    from nm_plugins.report.collect import ci_modules
-    _, claims_mod = ci_modules()
+    from nm_plugins.verdicts import claims as claims_mod
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "claims.svg"
         import matplotlib

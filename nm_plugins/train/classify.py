@@ -30,7 +30,7 @@ from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
 from nm_plugins.timm import asp_prune, create_model
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
-from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
                                       shutdown_distributed)
 

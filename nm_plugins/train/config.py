@@ -5,7 +5,7 @@ import copy
 import os
 from pathlib import Path
 
-import yaml
+from nm_plugins.runtime.config import apply_override, merge_config, read_yaml
 
 # Every key a classification config may set, with its default (the paper's ImageNet recipe).
 DEFAULTS = {
@@ -27,38 +27,6 @@ DEFAULTS = {
 DATASETS = ("imagenet", "fashion_mnist")
 
 
-def merge_config(base: dict, new: dict, where: str = "") -> dict:
-    """``base`` updated by ``new`` recursively; a key ``base`` does not have raises ValueError naming it
-    (``kwargs`` mappings are free-form)."""
-    out = copy.deepcopy(base)
-    for key, value in new.items():
-        if key not in base:
-            raise ValueError(f"config: unknown key '{where}{key}'; known keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and key != "kwargs":
-            if not isinstance(value, dict):
-                raise ValueError(f"config: {where}{key} must be a mapping, got {value!r}")
-            out[key] = merge_config(base[key], value, f"{where}{key}.")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def apply_override(config: dict, item: str) -> dict:
-    """Apply one ``section.key=value`` override (value parsed as YAML) and return the new config."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.epochs=2)")
-    path, _, raw = item.partition("=")
-    value = yaml.safe_load(raw) if raw != "" else None
-    node: dict = {}
-    tree = node
-    keys = path.strip().split(".")
-    for key in keys[:-1]:
-        node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
-    return merge_config(config, tree, "")
-
-
 def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
     """Defaults, then the YAML file (may name a ``base:`` file relative to itself), then overrides."""
     config = copy.deepcopy(DEFAULTS)
@@ -68,26 +36,6 @@ def load_config(path: "str | Path | None" = None, overrides=()) -> dict:
         config = apply_override(config, item)
     validate(config)
     return config
-
-
-def read_yaml(path: Path) -> dict:
-    """A config file's mapping, with its ``base:`` file (relative path) merged underneath."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is not None:
-        data = _deep_update(read_yaml(path.parent / base), data)
-    return data
-
-
-def _deep_update(base: dict, new: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in new.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def validate(config: dict) -> None:

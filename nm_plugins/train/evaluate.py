@@ -22,7 +22,7 @@ import torch
 
 from nm_plugins.core import nm_mask, sparse_layers
 from nm_plugins.train.data import IMAGENET_LAYOUT, ImageNetLoader
-from nm_plugins.train.runtime import init_distributed
+from nm_plugins.runtime.training import init_distributed
 
 
 def load_file(path: "str | Path", trust: bool = False):

@@ -73,7 +73,7 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     import contextlib
     import io
     sys.path.insert(0, str(REPO))
-    from ci.check import main as check_main
+    from nm_plugins.verdicts.check import main as check_main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         status = check_main([str(results_json), str(thresholds)])
@@ -149,17 +149,17 @@ def per_seed_values(summaries: list, with_model: bool = False) -> dict:
 
 def claim_rows(per_seed: dict, thresholds: Path) -> list:
     """The paper's claims of a thresholds file evaluated on per-seed values (ci/claims.py)."""
-    import yaml
+    from nm_plugins.runtime.config import load_yaml
     sys.path.insert(0, str(REPO))
-    from ci.claims import evaluate_claims
-    return evaluate_claims(per_seed, (yaml.safe_load(thresholds.read_text()) or {}).get("claims", []))
+    from nm_plugins.verdicts.claims import evaluate_claims
+    return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
 
 
 def write_claims(rows: list, results_dir: Path) -> list:
     """Append the claims table to results.md and draw claims.png; the plot paths (none without claims)."""
     if not rows:
         return []
-    from ci.claims import markdown_claims, plot_claims
+    from nm_plugins.verdicts.claims import markdown_claims, plot_claims
     md = results_dir / "results.md"
     md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
                   "data order), 95% t-interval\n\n" + markdown_claims(rows))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from nm_plugins.train.config import apply_override, merge_config, read_yaml
+from nm_plugins.runtime.config import apply_override, merge_config, read_yaml
 
 # Every key a translation config may set, with its default (Transformer-base on WMT14 En-De).
 DEFAULTS = {

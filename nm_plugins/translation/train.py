@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
-from nm_plugins.train.runtime import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
                                       shutdown_distributed)
 

@@ -1,0 +1,3 @@
+"""What every trainer of the project shares: :mod:`.config` (YAML configs and ``key=value`` overrides),
+:mod:`.training` (torchrun set-up, seeding, checkpoints with RNG states, mask digests, logging).
+Imports the core only, never an adapter."""
