@@ -9,6 +9,12 @@ Environment:
   NPROC_PER_NODE  processes per node for torchrun (default: number of GPUs, else 1); NNODES nodes (default 1;
                   with more, every node runs this target with MASTER_ADDR, MASTER_PORT (default 29500) and its NODE_RANK;
                   node 0 aggregates and checks; runs/ must be on a shared filesystem).
+  PROXY_STUDY     without IMAGENET_ROOT, run a proxy study instead of the proxy grid (`make reproduce-imagenet-study`):
+                  ``high-sparsity`` (dense; STE, SR-STE, SR-STE with lambda_W scaled to the schedule, ASP at 1:8 and
+                  1:16 x 10 seeds, ci/thresholds/imagenet_proxy_study.yaml) or ``high-sparsity-long`` (its optional
+                  second stage: STE vs SR-STE at 1:16 on a 4x schedule, ci/thresholds/imagenet_proxy_study_long.yaml).
+  PROXY_JOBS      parallel processes for the proxy runs (default 1; each run is single-threaded and deterministic,
+                  so the numbers do not depend on it).
   SMOKE=1         a short version (proxy: < 3 minutes; ImageNet: 1 epoch on a few batches) with its own thresholds.
   RESULTS_DIR     where results.json/results.md/plots go (default results/imagenet-proxy or results/imagenet;
                   SMOKE: runs/imagenet-proxy-smoke or runs/imagenet-smoke).
@@ -42,6 +48,25 @@ PROXY_GRID = [("dense", "2:4", [], ""), ("ste", "2:4", [], ""), ("srste", "2:4",
               ("srste", "2:4", ["sparsity.decay=0.23"], "decay0.23")]
 PROXY_SEEDS = (0, 1, 2, 3, 4)  # paired over seeds: the claims' 95% t-intervals need several
 SMOKE_SEEDS = (0, 1)
+# The high-sparsity study (issue 20; plan, seed count and claims in ci/thresholds/imagenet_proxy_study.yaml):
+# 1:8 and 1:16 with STE, SR-STE at the paper's lambda_W, SR-STE with lambda_W scaled to the schedule (the same
+# 0.23 as above: 2e-4 x 120 x 5005 / 512 steps) and ASP, beside dense. Every sparse layer of cifar_resnet8 has
+# 16, 32 or 64 input channels: whole groups of 16, no partial group (the 1-channel stem stays dense).
+STUDY_GRID = [("dense", "2:4", [], "")] + [
+    row for pattern in ("1:8", "1:16") for row in (
+        ("ste", pattern, [], ""), ("srste", pattern, [], ""),
+        ("srste", pattern, ["sparsity.decay=0.23"], "decay0.23"), ("asp", pattern, [], ""))]
+STUDY_SEEDS = tuple(range(10))  # the power computation of ci/thresholds/imagenet_proxy_study.yaml
+# Its optional second stage: 1:16 on 4x the epochs (2048 steps, warm-up scaled alike), STE vs SR-STE with lambda_W
+# scaled to 2048 steps: 2e-4 x 120 x 5005 / 2048 = 0.0587.
+LONG = ["optim.epochs=16", "optim.warmup_epochs=1.0", "train.eval_every=16"]
+STUDY_LONG_GRID = [("ste", "1:16", LONG, "ep16"), ("srste", "1:16", LONG + ["sparsity.decay=0.0587"], "ep16_decay0.0587")]
+# name -> (grid, seeds, thresholds file stem, runs/ and results/ folder name)
+PROXY_STUDIES = {
+    "": (PROXY_GRID, PROXY_SEEDS, "imagenet_proxy", "imagenet-proxy"),
+    "high-sparsity": (STUDY_GRID, STUDY_SEEDS, "imagenet_proxy_study", "imagenet-proxy-study"),
+    "high-sparsity-long": (STUDY_LONG_GRID, STUDY_SEEDS, "imagenet_proxy_study_long", "imagenet-proxy-study-long"),
+}
 # The short SMOKE schedule (the full proxy schedule is the config file itself).
 PROXY_SMOKE_OVERRIDES = ["optim.epochs=2", "data.train_subset=2048", "data.val_subset=2000", "sparsity.asp_prune_epoch=1"]
 IMAGENET_SMOKE_OVERRIDES = ["optim.epochs=1", "optim.warmup_epochs=0", "data.train_subset=512", "data.val_subset=256"]
@@ -86,11 +111,12 @@ def run_check(results_json: Path, thresholds: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- proxy
-def proxy_runs(smoke: bool) -> list:
-    """(name, variant label, overrides) of every run of the proxy grid."""
+def proxy_runs(smoke: bool, study: str = "") -> list:
+    """(name, variant label, overrides) of every run of the proxy grid (or of the study ``study``)."""
+    grid, seeds = PROXY_STUDIES[study][:2]
     runs = []
-    for seed in (SMOKE_SEEDS if smoke else PROXY_SEEDS):
-        for method, pattern, extra, variant in PROXY_GRID:
+    for seed in (SMOKE_SEEDS if smoke else seeds):
+        for method, pattern, extra, variant in grid:
             key = "dense" if method == "dense" else f"{method}_{pattern.replace(':', '_')}"
             key += f"_{variant}" if variant else ""
             runs.append((f"{key}_s{seed}", variant, [f"sparsity.method={method}", f"sparsity.pattern='{pattern}'",
@@ -98,35 +124,64 @@ def proxy_runs(smoke: bool) -> list:
     return runs
 
 
-def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
-    """Run the Fashion-MNIST grid in this process, write results, print the table, run the threshold check."""
+def _run_timed(cfg: dict) -> dict:
+    """One proxy run (nm_plugins.train.classify.run) with its CPU seconds and the load average at its end."""
     from nm_plugins.train.classify import run
+    cpu0 = time.process_time()
+    summary = run(cfg)
+    return {**summary, "cpu_seconds": time.process_time() - cpu0, "load_average_end": os.getloadavg()[0]}
+
+
+def _run_all(configs: list, jobs: int, bar) -> list:
+    """The summaries of ``configs`` in their order, run in ``jobs`` processes (spawned: a fresh torch each)."""
+    if jobs == 1:
+        return [_run_timed(cfg) for cfg in bar(configs)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(bar(pool.map(_run_timed, configs), total=len(configs)))
+
+
+def reproduce_proxy(smoke: bool, results_dir: Path, study: str = "") -> int:
+    """Run the Fashion-MNIST grid (or study ``study``, see PROXY_STUDIES), write results, print the table, run the
+    threshold check."""
     from nm_plugins.train.config import load_config
     from nm_plugins.train.report import aggregate, write_results
 
-    runs_dir = _runs_root() / ("imagenet-proxy-smoke" if smoke else "imagenet-proxy")
-    summaries, t0, load0 = [], time.time(), os.getloadavg()
-    grid = proxy_runs(smoke)
-    bar = tqdm(grid, desc="imagenet proxy (Fashion-MNIST)", dynamic_ncols=True)
-    for name, variant, overrides in bar:
-        extra = PROXY_SMOKE_OVERRIDES if smoke else []
-        cfg = load_config(PROXY_CONFIG, overrides + extra + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
-        bar.set_postfix_str(name)
-        summary = run(cfg)
+    grid, seeds, thresholds_stem, folder = PROXY_STUDIES[study]
+    if smoke and study:
+        raise ValueError(f"PROXY_STUDY={study} has no SMOKE version (its claims need the full schedule)")
+    runs_dir = _runs_root() / (folder + ("-smoke" if smoke else ""))
+    jobs = _env_int("PROXY_JOBS", 1)
+    t0, load0 = time.time(), os.getloadavg()
+    grid_runs = proxy_runs(smoke, study)
+    configs = [load_config(PROXY_CONFIG, overrides + (PROXY_SMOKE_OVERRIDES if smoke else [])
+                           + [f"train.out_dir={runs_dir / name}", "train.progress=false"]) for name, _, overrides in grid_runs]
+    label = f"{folder} (Fashion-MNIST, {jobs} process{'es' if jobs > 1 else ''})"
+    summaries = []
+    for (name, variant, _), cfg, summary in zip(grid_runs, configs, _run_all(
+            configs, jobs, lambda it, **kw: tqdm(it, desc=label, dynamic_ncols=True, **kw))):
         summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
         summaries.append(summary)
         tqdm.write(f"{name:>14}: top-1 {summary['top1']:.2f}%  SAD {summary['sad_final']:.4f}  ({summary['seconds']:.0f} s)")
-    description = (f"Fashion-MNIST proxy of the ImageNet table ({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
-                   f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
-                   f"seeds {list(SMOKE_SEEDS if smoke else PROXY_SEEDS)}; top-1 on "
+    wall, cpu = time.time() - t0, sum(s["cpu_seconds"] for s in summaries)
+    loads = [load0[0]] + [s["load_average_end"] for s in summaries]
+    description = (f"Fashion-MNIST proxy of the ImageNet table{f', study {study}' if study else ''} "
+                   f"({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
+                   f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'the rows overrides'}; "
+                   f"seeds {list(SMOKE_SEEDS if smoke else seeds)}; top-1 on "
                    f"{'a fixed random 2000-image subset of ' if smoke else ''}the Fashion-MNIST test set. "
-                   f"Load average of the machine at start / end: {load0[0]:.1f} / {os.getloadavg()[0]:.1f} "
-                   f"(the 2 cores were {'shared' if load0[0] > 1.5 else 'not busy'}).")
-    results = aggregate(summaries, "imagenet-proxy" + ("-smoke" if smoke else ""),
-                        extra={"description": description, "wall_seconds": time.time() - t0,
-                               "load_average": {"start": load0[0], "end": os.getloadavg()[0]},
-                               "config": str(PROXY_CONFIG.relative_to(REPO)), "smoke": smoke})
-    thresholds = REPO / "ci" / "thresholds" / ("imagenet_proxy_smoke.yaml" if smoke else "imagenet_proxy.yaml")
+                   f"{len(summaries)} single-thread runs in {jobs} parallel process{'es' if jobs > 1 else ''}: "
+                   f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU. Load average of the machine at start / end "
+                   f"(max over the runs' ends): {load0[0]:.1f} / {os.getloadavg()[0]:.1f} ({max(loads):.1f}) "
+                   f"(the 2 cores were {'shared' if max(loads) > 1.5 + jobs else 'not busy'}).")
+    results = aggregate(summaries, folder + ("-smoke" if smoke else ""),
+                        extra={"description": description, "wall_seconds": wall, "cpu_seconds": cpu,
+                               "parallel_processes": jobs,
+                               "load_average": {"start": load0[0], "end": os.getloadavg()[0], "max": max(loads),
+                                                "mean": sum(loads) / len(loads)},
+                               "config": str(PROXY_CONFIG.relative_to(REPO)), "smoke": smoke, "study": study or None})
+    thresholds = REPO / "ci" / "thresholds" / f"{thresholds_stem}{'_smoke' if smoke else ''}.yaml"
     results["per_seed"] = per_seed_values(summaries)
     results["claims"] = claim_rows(results["per_seed"], thresholds)
     paths = write_results(results, results_dir)
@@ -282,13 +337,19 @@ def main() -> int:
     """Entry point of `make reproduce-imagenet`: the ImageNet table with IMAGENET_ROOT, else the proxy."""
     smoke = _env_flag("SMOKE")
     root = os.environ.get("IMAGENET_ROOT", "").strip()
-    default_dir = ("runs/imagenet" if root else "runs/imagenet-proxy") + "-smoke" if smoke else \
-        ("results/imagenet" if root else "results/imagenet-proxy")
+    study = os.environ.get("PROXY_STUDY", "").strip()
+    if study not in PROXY_STUDIES or (study and root):
+        print(f"reproduce-imagenet: PROXY_STUDY={study!r} is not one of {sorted(k for k in PROXY_STUDIES if k)}"
+              + (" (a proxy study runs without IMAGENET_ROOT)" if root else ""), file=sys.stderr)
+        return 2
+    proxy = PROXY_STUDIES[study][3]
+    default_dir = ("runs/imagenet" if root else f"runs/{proxy}") + "-smoke" if smoke else \
+        ("results/imagenet" if root else f"results/{proxy}")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default_dir)
     try:
         if root:
             return reproduce_imagenet(root, smoke, results_dir)
-        return reproduce_proxy(smoke, results_dir)
+        return reproduce_proxy(smoke, results_dir, study)
     except (FileNotFoundError, ValueError) as e:
         print(f"reproduce-imagenet: {e}", file=sys.stderr)
         return 2
