@@ -234,3 +234,42 @@ def test_smoke_over_two_seeds_writes_per_seed_and_claims(tmp_path):
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((tmp_path / "res" / "results.json").read_text())["claims"] == result["claims"]
+
+
+def _result(runs, seeds=(0, 1, 2), **kw):
+    rows, per_seed = reproduce.aggregate(runs)
+    return {"task": "det", "proxy": True, "smoke": False, "seeds": list(seeds), "full_grid": False, "rows": rows,
+            "per_seed": per_seed, "runs": runs, "total_minutes": 3.0, "load_average": {"start": 1.0, "end": 2.0}, **kw}
+
+
+def test_merge_joins_a_row_run_alone_to_the_committed_grid(tmp_path):
+    """The STE row (issue 20) runs alone with COCO_ROWS; --merge joins its seeds to the committed grid, rows in
+    grid order, and the claims then pair its seeds with the committed SR-STE ones."""
+    path, committed = _committed("det")
+    committed["runs"] = [r for r in committed["runs"] if r["name"] != "ste_2:4"]  # as before the row was added
+    seeds = committed["seeds"]
+    added = _result([_run("ste_2:4", s, 15.0 + s) for s in seeds], seeds=seeds, total_minutes=5.5)
+    merged = reproduce.merge_runs(committed, added, "runs/ste.json")
+    assert [r["name"] for r in merged["rows"]] == [reproduce.row_name(m, p) for m, p in reproduce.GRID["det"]]
+    assert merged["full_grid"] and merged["per_seed"]["ste_2:4"]["box_mAP"] == {str(s): 15.0 + s for s in seeds}
+    assert merged["per_seed"]["srste_2:4"] == committed["per_seed"]["srste_2:4"]  # the committed rows are untouched
+    assert merged["total_minutes"] == pytest.approx(committed["total_minutes"] + 5.5)
+    assert merged["merged"][0]["rows"] == ["ste_2:4"] and merged["merged"][0]["source"] == "runs/ste.json"
+    (tmp_path / "base.json").write_text(json.dumps(committed))
+    (tmp_path / "added.json").write_text(json.dumps(added))
+    reproduce.main(["det", "--merge", str(tmp_path / "base.json"), str(tmp_path / "added.json")])
+    written = json.loads((tmp_path / "results.json").read_text())
+    claim = next(c for c in written["claims"] if c["b"] == "ste_2:4")
+    assert claim["n"] == len(seeds) and claim["a"] == "srste_2:4"
+    assert "ran later on their own" in (tmp_path / "results.md").read_text()
+
+
+def test_merge_refuses_what_cannot_be_paired():
+    base = _result([_run("dense", s, 10.0) for s in range(3)])
+    with pytest.raises(ValueError, match="rows \\['dense'\\] are in both"):
+        reproduce.merge_runs(base, _result([_run("dense", s, 11.0) for s in range(3)]))
+    with pytest.raises(ValueError, match="seeds differ"):
+        reproduce.merge_runs(base, _result([_run("ste_2:4", s, 11.0) for s in range(2)], seeds=(0, 1)))
+    with pytest.raises(ValueError, match="proxy differs"):
+        reproduce.merge_runs(base, _result([_run("ste_2:4", s, 11.0) for s in range(3)], proxy=False))
+    assert reproduce.main(["det", "--merge", "/nonexistent.json", "/nonexistent2.json"]) == 2

@@ -25,6 +25,10 @@ Writes ``results.json`` (flat ``metrics`` for ``ci.check``: means over seeds; ``
 value}}}; ``claims``: the evaluated claims), ``results.md`` and ``map.png`` / ``claims.png``, then runs the threshold
 check against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits with its status.
 ``--from-results RESULTS_JSON`` redoes only that last part (claims, tables, plots, check) for finished runs.
+``--merge RESULTS_JSON ADDED_JSON`` joins the runs of a ``COCO_ROWS`` run (ADDED_JSON: rows RESULTS_JSON lacks, same
+task, data and seeds) to those of RESULTS_JSON and redoes that last part in RESULTS_JSON's folder: a row added to
+the grid (e.g. ``ste_2:4``) runs alone instead of the whole grid. Valid because every run is its own runner seeded
+with ``randomness.seed`` (a row alone trains as it does in the grid); ``merged`` in the result names what was added.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from nm_plugins.core import sparse_layers
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)
 
-GRID = {"det": [("dense", None), ("srste", "2:4"), ("srste", "4:8"), ("srste", "2:8"), ("srste", "1:4")],
+GRID = {"det": [("dense", None), ("srste", "2:4"), ("srste", "4:8"), ("srste", "2:8"), ("srste", "1:4"), ("ste", "2:4")],
         "seg": [("dense", None), ("srste", "2:4"), ("srste", "4:8"), ("srste", "2:8")]}
 DETECTOR = {"det": "faster-rcnn", "seg": "mask-rcnn"}
 CONFIG_DIR = Path("configs/mmdet")
@@ -245,6 +249,33 @@ def aggregate(runs: list) -> "tuple[list, dict]":
     return rows, per_seed
 
 
+def merge_runs(base: dict, added: dict, source: str = "") -> dict:
+    """``base`` (a result as :func:`reproduce` writes it) with the runs of ``added`` (a run of rows ``base`` lacks,
+    with the same task, proxy, smoke setting and seeds) joined in, rows in grid order; ValueError naming what
+    differs or the rows both have. ``merged`` records the added rows, their time, load and ``source``."""
+    for key in ("task", "proxy", "smoke"):
+        if base.get(key) != added.get(key):
+            raise ValueError(f"--merge: {key} differs ({base.get(key)!r} vs {added.get(key)!r})")
+    if sorted(base.get("seeds", [])) != sorted(added.get("seeds", [])):
+        raise ValueError(f"--merge: the seeds differ ({base.get('seeds')} vs {added.get('seeds')}): the claims pair seeds")
+    if "runs" not in base or "runs" not in added:
+        raise ValueError("--merge: both results need their per-run records (runs)")
+    names = {r["name"] for r in base["runs"]}
+    new = sorted({r["name"] for r in added["runs"]})
+    both = sorted(names & set(new))
+    if both:
+        raise ValueError(f"--merge: rows {both} are in both results; merge only rows the first lacks")
+    order = {row_name(m, p): i for i, (m, p) in enumerate(GRID[base["task"]])}
+    runs = sorted(base["runs"] + added["runs"], key=lambda r: (order.get(r["name"], len(order)), r["seed"]))
+    rows, per_seed = aggregate(runs)
+    merged = {"rows": new, "total_minutes": added.get("total_minutes"), "load_average": added.get("load_average"),
+              "machine": added.get("machine"), "source": source}
+    return {**base, "runs": runs, "rows": rows, "per_seed": per_seed,
+            "full_grid": {r["name"] for r in rows} == set(order),
+            "total_minutes": base.get("total_minutes", 0.0) + (added.get("total_minutes") or 0.0),
+            "merged": base.get("merged", []) + [merged]}
+
+
 def thresholds_path(task: str, proxy: bool, smoke: bool) -> Path:
     """ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml."""
     return Path("ci/thresholds") / f"coco_{task}{'_proxy' if proxy else ''}{'_smoke' if smoke else ''}.yaml"
@@ -341,8 +372,20 @@ def main(argv=None) -> int:
     parser.add_argument("task", choices=sorted(GRID))
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="no training: redo claims, tables, plots and the check of a finished run")
+    parser.add_argument("--merge", nargs=2, metavar=("RESULTS_JSON", "ADDED_JSON"),
+                        help="no training: add the rows of a COCO_ROWS run (ADDED_JSON) to RESULTS_JSON, then as "
+                             "--from-results, in RESULTS_JSON's folder")
     args = parser.parse_args(argv)
     try:
+        if args.merge:
+            paths = [Path(p) for p in args.merge]
+            for path in paths:
+                if not path.is_file():
+                    raise FileNotFoundError(f"--merge: {path} does not exist")
+            base, added = (json.loads(path.read_text()) for path in paths)
+            if base.get("task") != args.task:
+                raise ValueError(f"--merge: {paths[0]} is not a {args.task} result")
+            return finish(merge_runs(base, added, str(paths[1])), paths[0].parent)
         if args.from_results:
             path = Path(args.from_results)
             if not path.is_file():
@@ -415,6 +458,11 @@ def finish(result: dict, out: Path) -> int:
               f"{result['total_minutes']:.1f} min wall (load average {load.get('start', float('nan')):.1f} at the "
               f"start, {load.get('end', float('nan')):.1f} at the end, {machine.get('cpu_count')} cores, "
               f"{machine.get('threads')} torch thread(s) per run).\n")
+    for m in result.get("merged", []):
+        ml = m.get("load_average") or {}
+        table += (f"Rows {', '.join(m['rows'])} ran later on their own (COCO_ROWS) and were joined with --merge "
+                  f"({m.get('total_minutes') or 0:.1f} min of the wall time above; load average "
+                  f"{ml.get('start', float('nan')):.1f} / {ml.get('end', float('nan')):.1f}).\n")
     if result["claims"]:
         from nm_plugins.verdicts.claims import markdown_claims, plot_claims
         table += ("\n## Paper claims: paired differences over seeds (same seed = same init and data order), "
