@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from nm_plugins.runtime.config import load_yaml as _yaml
+from nm_plugins.runtime.project import project_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # results/ and ci/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 NOT_RUN = "not run"
 NOT_RECORDED = "not recorded"
 

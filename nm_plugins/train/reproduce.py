@@ -30,7 +30,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[2]
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_CONFIG = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"
 IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
 # (method, pattern, extra overrides, row label suffix): the paper's grid with its lambda_W = 2e-4, plus one
@@ -72,7 +74,6 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     """Print the threshold table of ci.check, append it to results.md next to results.json; its exit status."""
     import contextlib
     import io
-    sys.path.insert(0, str(REPO))
     from nm_plugins.verdicts.check import main as check_main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -150,7 +151,6 @@ def per_seed_values(summaries: list, with_model: bool = False) -> dict:
 def claim_rows(per_seed: dict, thresholds: Path) -> list:
     """The paper's claims of a thresholds file evaluated on per-seed values (ci/claims.py)."""
     from nm_plugins.runtime.config import load_yaml
-    sys.path.insert(0, str(REPO))
     from nm_plugins.verdicts.claims import evaluate_claims
     return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
 
@@ -278,14 +278,16 @@ def reproduce_imagenet(root: str, smoke: bool, results_dir: Path) -> int:
     return run_check(paths["json"], thresholds)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Entry point of `make reproduce-imagenet`: the ImageNet table with IMAGENET_ROOT, else the proxy."""
+    reproduce_parser(__doc__, "python -m nm_plugins.train.reproduce").parse_args(argv)
     smoke = _env_flag("SMOKE")
     root = os.environ.get("IMAGENET_ROOT", "").strip()
     default_dir = ("runs/imagenet" if root else "runs/imagenet-proxy") + "-smoke" if smoke else \
         ("results/imagenet" if root else "results/imagenet-proxy")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default_dir)
     try:
+        require_project(REPO)
         if root:
             return reproduce_imagenet(root, smoke, results_dir)
         return reproduce_proxy(smoke, results_dir)

@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_dict_de_en.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
 PROXY_GRID = [("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"), ("srste", "4:8")]
@@ -260,14 +262,16 @@ def reproduce_wmt(root: str, smoke: bool, results_dir: Path) -> int:
     return finish(results, results_dir, REPO / "ci" / "thresholds" / "translation.yaml")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Entry point of `make reproduce-translation`: the WMT rows with WMT_ROOT, else the proxy."""
+    reproduce_parser(__doc__, "python -m nm_plugins.translation.reproduce").parse_args(argv)
     smoke = _env_flag("SMOKE")
     root = os.environ.get("WMT_ROOT", "").strip()
     default = ("runs/translation" if root else "runs/translation-proxy") + "-smoke" if smoke else \
         ("results/translation" if root else "results/translation-proxy")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default)
     try:
+        require_project(REPO)
         return reproduce_wmt(root, smoke, results_dir) if root else reproduce_proxy(smoke, results_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"reproduce-translation: {e}", file=sys.stderr)

@@ -38,8 +38,9 @@ from .metrics import translation_scores
 from .model import PAD, build_model
 from .search import beam_search
 from .vocab import train_vocab
+from nm_plugins.runtime.project import project_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # relative cache_dir is under the project folder (nm_plugins.runtime.project)
 
 
 def inverse_sqrt(step: int, warmup: int) -> float:
