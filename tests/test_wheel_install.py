@@ -43,6 +43,23 @@ from nm_plugins.core import mask
 print(json.dumps({"file": nm_plugins.__file__, "names": names, "leaks": leaks, "kernel": mask._KERNEL is not None}))
 """
 
+# every reproduce entry run as ``python -m MODULE --help`` does (runpy), in one process: {module: (status, out, err)}
+ENTRIES = """
+import contextlib, io, json, runpy, sys
+got = {}
+for module, args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [module, *args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            status = 0
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else 1
+    got[" ".join([module, *args])] = [status, out.getvalue(), err.getvalue()]
+print(json.dumps(got))
+"""
+
 
 def _run(cmd, cwd, env, timeout=120):
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -103,13 +120,15 @@ def test_wheel_works_outside_the_checkout(tmp_path):
     assert _run([str(python), "-c", "import ci"], outside, env).returncode != 0  # the checkout is not visible
 
     # every reproduce entry answers --help; without a project folder it stops with the path and the variable
+    runs = [(m, ["--help"]) for m in REPRODUCE] + [("nm_plugins.raft.reproduce", [])]
+    out = _run([str(python), "-c", ENTRIES, json.dumps(runs)], outside, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
     for module in REPRODUCE:
-        out = _run([str(python), "-m", module, "--help"], outside, env)
-        assert out.returncode == 0 and "usage:" in out.stdout and "NM_SPARSITY_ROOT" in out.stdout, \
-            module + out.stdout[-500:] + out.stderr[-2000:]
-    out = _run([str(python), "-m", "nm_plugins.raft.reproduce"], outside, env)
-    assert out.returncode == 2, out.stdout[-1000:] + out.stderr[-2000:]
-    assert str(outside / "configs") in out.stderr and "NM_SPARSITY_ROOT" in out.stderr, out.stderr
+        status, text, err = got[f"{module} --help"]
+        assert status == 0 and "usage:" in text and "NM_SPARSITY_ROOT" in text, module + text[-500:] + err[-2000:]
+    status, text, err = got["nm_plugins.raft.reproduce"]
+    assert status == 2 and str(outside / "configs") in err and "NM_SPARSITY_ROOT" in err, text[-1000:] + err[-2000:]
 
     # the report on a copy of a results folder
     results = outside / "results"
