@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
 from nm_plugins.core import NMPattern
+from nm_plugins.runtime.machine import machine_info
 
 
 def row_key(summary: dict, with_model: bool = False) -> str:
@@ -18,24 +17,6 @@ def row_key(summary: dict, with_model: bool = False) -> str:
     key = "dense" if method == "dense" else f"{method}_{summary['pattern']}"
     key += f"_{summary['variant']}" if summary.get("variant") else ""
     return f"{summary['row_model']}/{key}" if with_model else key
-
-
-def machine_info() -> dict:
-    """Where the numbers were measured: host, CPU, core count, torch version, GPU if any."""
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "os": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _mean_std(values: list) -> tuple:

@@ -57,7 +57,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     """Rows (mean/std over seeds) and the flat ``metrics`` that ci.check reads."""
     import statistics
 
-    from nm_plugins.train.report import machine_info
+    from nm_plugins.runtime.machine import machine_info
     groups: dict = {}
     for s in summaries:
         groups.setdefault(row_key(s), []).append(s)
@@ -95,7 +95,7 @@ def per_seed_values(summaries: list) -> dict:
 
 def finish(results: dict, results_dir: Path, thresholds: Path) -> int:
     """The paper's claims on the per-seed values (ci/claims.py), results.json/md and plots written, then ci.check."""
-    from nm_plugins.train.reproduce import claim_rows, write_claims
+    from nm_plugins.runtime.reproduce import claim_rows, write_claims
     results["claims"] = claim_rows(results["per_seed"], thresholds)
     paths = write_results(results, results_dir)
     write_claims(results["claims"], results_dir)
@@ -160,7 +160,7 @@ def _plot(results: dict, path: Path) -> None:
 
 def run_check(results_json: Path, thresholds: Path) -> int:
     """ci.check on the results; the table is printed and appended to results.md; its exit status."""
-    from nm_plugins.train.reproduce import run_check as check
+    from nm_plugins.runtime.reproduce import run_check as check
     return check(results_json, thresholds)
 
 
@@ -220,7 +220,7 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
 
 def wmt_rows() -> list:
     """configs/translation/wmt14_en_de_*.yaml to run (WMT_ROWS selects some by name)."""
-    from nm_plugins.train.reproduce import select_configs
+    from nm_plugins.runtime.reproduce import select_configs
     rows = [r for r in sorted(WMT_CONFIGS.glob("wmt14_en_de_*.yaml")) if r.stem != "wmt14_en_de_base"]
     return select_configs(rows, "WMT_ROWS", "reproduce-translation")
 
