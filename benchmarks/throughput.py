@@ -571,7 +571,7 @@ def main(argv=None) -> int:
         for name, cfg in train_configs(args.quick):
             if wanted and name not in wanted:
                 continue
-            if budget.left() < 120 and not args.quick:
+            if budget.left() < min(120, args.budget_s / 2) and not args.quick:  # a model's training takes ~2 minutes
                 results["errors"].append(f"train {name}: skipped, time budget")
                 continue
             guarded(f"train {name}", lambda name=name, cfg=cfg: results["train"].__setitem__(
