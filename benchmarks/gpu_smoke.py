@@ -234,13 +234,10 @@ def raft_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
     """raft_large (toy: raft_small) dense / SR-STE 2:4 through the RAFT trainer's data, model and loss."""
     import contextlib
 
-    from torch.utils.data import DataLoader
-
     from nm_plugins.raft.datasets import train_set
-    from nm_plugins.raft.evaluate import _collate
     from nm_plugins.raft.metrics import sequence_loss
     from nm_plugins.raft.model import create
-    from nm_plugins.raft.train import _epoch_indices, correlation_in_fp32, load_config, set_decay_mode
+    from nm_plugins.raft.train import correlation_in_fp32, epoch_loader, load_config, set_decay_mode
     r = sizes(toy)["raft"]
     cfg = load_config(REPO / "configs" / "raft" / "chairs.yaml")
     before = os.environ.get("CHAIRS_ROOT")
@@ -252,9 +249,7 @@ def raft_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
             del os.environ["CHAIRS_ROOT"]
         else:
             os.environ["CHAIRS_ROOT"] = before
-    indices = _epoch_indices(len(dataset), r["per_gpu"], 0, 0, info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_size=r["per_gpu"], sampler=indices, drop_last=True, num_workers=r["workers"],
-                        collate_fn=_collate, pin_memory=info.device.type == "cuda")
+    loader = epoch_loader(dataset, r["per_gpu"], 0, 0, info, r["workers"])
     batches = [tuple(x.to(info.device) for x in b) for _, b in zip(range(r["k"]), loader)]
     amp = cfg["train"]["amp"] and info.device.type == "cuda"
     pair = Pair()

@@ -341,7 +341,7 @@ def gemm_shapes(quick):
 
 def measure_gemms(device, dtype, quick, reps) -> list:
     """Single Linear layers: dense vs each 2:4 kernel, eager and CUDA graph."""
-    from nm_plugins.core.fast_inference import _measure
+    from nm_plugins.core.fast_inference import measure_kernels
     rows = []
     for out_f, in_f, tokens in gemm_shapes(quick):
         lin = torch.nn.Linear(in_f, out_f, bias=False)
@@ -351,7 +351,7 @@ def measure_gemms(device, dtype, quick, reps) -> list:
         lin = lin.to(device=device, dtype=dtype)
         x = torch.randn(tokens, in_f, device=device, dtype=dtype)
         for graph in ((False, True) if device.type == "cuda" else (False,)):
-            dense_ms, sparse = _measure(lin, x, ("cusparselt", "semi_structured"), graph, reps, 2e-2)
+            dense_ms, sparse = measure_kernels(lin, x, ("cusparselt", "semi_structured"), graph, reps, 2e-2)
             row = {"out": out_f, "in": in_f, "tokens": tokens, "dtype": str(dtype), "graph": graph,
                    "dense_ms": dense_ms, "sparse_ms": sparse,
                    "tflops_dense": 2 * out_f * in_f * tokens / dense_ms / 1e9}
@@ -515,7 +515,8 @@ def check_thresholds(path: Path, slug: str) -> int:
     return check_main([str(path), str(thresholds)])
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of the suite (see the module doc)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "results" / "throughput"), help="folder for <gpu>.json and <gpu>.md")
     ap.add_argument("--quick", action="store_true", help="toy sizes (a dry run of every section)")
@@ -525,7 +526,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu (cpu + --quick: dry run of the GPU sections)")
     ap.add_argument("--no-check", action="store_true", help="do not exit 1 when a figure falls short of its threshold")
     ap.add_argument("--models", default="", help="comma-separated timm names: only these models' train/infer rows")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     budget = Budget(args.budget_s)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if (args.device == "auto" and cuda) else ("cpu" if args.device == "auto" else args.device))

@@ -8,7 +8,7 @@ import torch
 from nm_plugins.core import sparse_layers
 from nm_plugins.raft import create
 from nm_plugins.raft import reproduce as raft_reproduce
-from nm_plugins.raft.train import (_epoch_indices, correlation_in_fp32, eval_amp, load_config, per_process_batch,
+from nm_plugins.raft.train import (epoch_indices, correlation_in_fp32, eval_amp, load_config, per_process_batch,
                                    set_decay_mode)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ def test_batch_size_is_global_and_split_over_processes():
         per_process_batch(4, 3)
     # two processes with the global batch 4: each step sees 4 distinct samples, 2 per process
     share = per_process_batch(4, 2)
-    ranks = [_epoch_indices(20, share, seed=0, epoch=0, rank=r, world=2) for r in (0, 1)]
+    ranks = [epoch_indices(20, share, seed=0, epoch=0, rank=r, world=2) for r in (0, 1)]
     first_step = ranks[0][:share] + ranks[1][:share]
     assert len(first_step) == 4 and len(set(first_step)) == 4
 

@@ -37,7 +37,7 @@ from nm_plugins.runtime.training import (RunLogger, init_distributed, load_check
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
 from .datasets import train_set, val_set
-from .evaluate import EVAL_ITERS, _collate, autocast, evaluate
+from .evaluate import EVAL_ITERS, autocast, collate, evaluate
 from .metrics import sequence_loss
 from .model import create
 
@@ -163,13 +163,21 @@ def precision(cfg: dict, device) -> dict:
             "corr": "fp32" if cfg["train"]["corr_fp32"] or train == "fp32" else "autocast"}
 
 
-def _epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
+def epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
+    """This process's sample order for one epoch: a (seed, epoch) permutation, sharded, whole batches only."""
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
     per_rank = (n // world) // batch * batch
     if per_rank == 0:
         raise ValueError(f"training set of {n} samples is too small for batch {batch} on {world} processes")
     return perm[rank::world][:per_rank]
+
+
+def epoch_loader(dataset, batch: int, seed: int, epoch: int, dist_info, workers: int, offset: int = 0) -> DataLoader:
+    """The training DataLoader of one epoch for this process (see :func:`epoch_indices`), from batch ``offset`` on."""
+    indices = epoch_indices(len(dataset), batch, seed, epoch, dist_info.rank, dist_info.world_size)
+    return DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True, num_workers=workers,
+                      collate_fn=collate, pin_memory=dist_info.device.type == "cuda", persistent_workers=False)
 
 
 def validate(model, cfg: dict, device, keep: int = 0) -> dict:
@@ -261,10 +269,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     bar = tqdm(total=steps, initial=step, desc=f"raft {cfg['name']} {run_tag(cfg)}", disable=not main, mininterval=5)
     _train_mode(model, tcfg["freeze_bn"])
     while step < steps:
-        indices = _epoch_indices(len(dataset), batch, tcfg["seed"], epoch, dist_info.rank, dist_info.world_size)
-        loader = DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True,
-                            num_workers=dcfg["workers"], collate_fn=_collate, pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+        loader = epoch_loader(dataset, batch, tcfg["seed"], epoch, dist_info, dcfg["workers"], offset)
         for img1, img2, flow, valid in loader:
             t0 = time.time()
             img1, img2, flow, valid = (x.to(device, non_blocking=True) for x in (img1, img2, flow, valid))
