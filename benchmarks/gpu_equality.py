@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     else:
         print("gpu-equality: no CUDA GPU and TRITON_INTERPRET is not 1: nothing to compare. Skipped.")
         return 0
-    from benchmarks.throughput import gpu_slug
+    from benchmarks.gpu_env import gpu_slug
     name = "interpret" if interpret else gpu_slug(torch.cuda.get_device_name(0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -380,7 +380,7 @@ def worker(args) -> int:
 
 
 def _worker(args) -> int:
-    from benchmarks.throughput import environment, gpu_slug
+    from benchmarks.gpu_env import environment, gpu_slug
     from nm_plugins.runtime.training import init_distributed
     info = init_distributed(args.device)
     if info.device.type == "cuda":
@@ -438,7 +438,7 @@ def _worker(args) -> int:
 
 def check(out: Path) -> int:
     """ci.check of the run against ci/thresholds/gpu_smoke_<gpu>.yaml (0 when no thresholds file fits)."""
-    from benchmarks.throughput import gpu_slug
+    from benchmarks.gpu_env import gpu_slug
     slug = gpu_slug(torch.cuda.get_device_name(0))
     thresholds = REPO / "ci" / "thresholds" / f"gpu_smoke_{slug}.yaml"
     if not thresholds.is_file():
