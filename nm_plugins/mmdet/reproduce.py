@@ -29,7 +29,6 @@ check against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits wi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -42,6 +41,7 @@ import torch
 from mmengine.hooks import Hook
 
 from nm_plugins.core import sparse_layers
+from nm_plugins.runtime.results import read_json, save_figure, write_results_json, write_text
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)
 
@@ -275,7 +275,7 @@ def plot_rows(task: str, rows: list, per_seed: dict, path: Path) -> Path:
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.set_title(f"{metric.replace('_', ' ')}: mean (bar) and seeds (points)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
             path = Path(args.from_results)
             if not path.is_file():
                 raise FileNotFoundError(f"--from-results: {path} does not exist")
-            result = json.loads(path.read_text())
+            result = read_json(path)
             if result.get("task") != args.task or "per_seed" not in result:
                 raise ValueError(f"--from-results: {path} is not a per-seed {args.task} result")
             return finish(result, path.parent)
@@ -408,7 +408,7 @@ def finish(result: dict, out: Path) -> int:
     result["metrics"] = flat
     result["claims"] = claim_rows(result["per_seed"], thresholds)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_results_json(out / "results.json", result, indent=2, ensure_ascii=True)
     table = markdown(task, rows, result["proxy"], result["smoke"], per_seed=result["per_seed"])
     load, machine = result.get("load_average", {}), result.get("machine", {})
     table += (f"\nRun: seeds {result['seeds']}, {len(result.get('runs', []))} trainings in "
@@ -425,12 +425,12 @@ def finish(result: dict, out: Path) -> int:
     print(table, flush=True)
     if not result.get("full_grid", True):
         print(f"COCO_ROWS selects {len(rows)} of {len(GRID[task])} rows: no threshold check", flush=True)
-        (out / "results.md").write_text(table)
+        write_text(out / "results.md", table)
         return 0
     check = subprocess.run([sys.executable, "-m", "nm_plugins.verdicts.check", str(out / "results.json"), str(thresholds)],
                            capture_output=True, text=True)
     print(check.stdout + check.stderr, end="", flush=True)
-    (out / "results.md").write_text(table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"
+    write_text(out / "results.md", table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"
                                     f"{check.stdout}{check.stderr}```\n")
     return check.returncode
 

@@ -21,7 +21,6 @@ run (results/raft-proxy/results.json) per row and seed.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from nm_plugins.runtime.results import read_json, write_results_json, write_text
 
 from .datasets import available
 from .evaluate import zero_flow_metrics
@@ -285,7 +286,7 @@ def main() -> int:
     all_rows = real or set(per_seed) == {_label(m, p) for m, p in PROXY_RUNS}
     claims = [c for c in _claims(per_seed, thresholds) if all_rows or {c["a"], c["b"]} <= set(per_seed)]
     reference = REPO / "results" / "raft-proxy" / "results.json"
-    vs_fp32 = vs_reference(per_seed, json.loads(reference.read_text())["per_seed"]) if prec and not (real or smoke) else None
+    vs_fp32 = vs_reference(per_seed, read_json(reference)["per_seed"]) if prec and not (real or smoke) else None
     record = {"title": title, "smoke": smoke, "metrics": metrics, "per_seed": per_seed, "claims": claims,
               "seeds": list(seeds), "runs": runs, "runs_by_seed": {str(s): r for s, r in by_seed.items()},
               "zero_flow": baseline, "total_time_s": time.time() - start,
@@ -293,7 +294,7 @@ def main() -> int:
               "load_average": {"start": load0, "end": os.getloadavg()[0]},
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
-    (results_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
+    write_results_json(results_dir / "results.json", record, indent=2, ensure_ascii=True)
     md = markdown_table(runs, baseline, title, note) + "\n## EPE per seed\n\n" + seeds_table(per_seed)
     if claims:
         from nm_plugins.verdicts.claims import markdown_claims, plot_claims
@@ -309,7 +310,7 @@ def main() -> int:
             md += (f"| {row} | {','.join(d['seeds'])} | {' / '.join(f'{v:.3f}' for v in d['this'])} | "
                    f"{' / '.join(f'{v:.3f}' for v in d['reference'])} | {' / '.join(f'{v:+.3f}' for v in d['diffs'])} | "
                    f"{d['mean']:+.3f} | {ci} |\n")
-    (results_dir / "results.md").write_text(md)
+    write_text(results_dir / "results.md", md)
     print((results_dir / "results.md").read_text())
     print(f"wrote {results_dir}/results.json, results.md, flow.png in {time.time() - start:.0f} s")
     if not all_rows:

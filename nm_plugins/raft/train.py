@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.runtime.config import load_yaml
+from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
                                       save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
 
@@ -337,7 +338,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         logger.log(step, {"final_val": val})
         checkpoint(ckpt_path)
         save_checkpoint(run_dir / "final.pth", {"model": raw.state_dict(), "config": cfg})
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(run_dir / "results.json", results, indent=2, ensure_ascii=True)
     logger.close()
     results["samples"] = samples
     return results

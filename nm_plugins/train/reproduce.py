@@ -30,6 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nm_plugins.runtime.results import append_text
+
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"
 IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
@@ -81,7 +83,7 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     md = results_json.with_name("results.md")
     if md.is_file():
         text = out.getvalue().replace(str(REPO) + "/", "")
-        md.write_text(md.read_text() + f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
+        append_text(md, f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
     return status
 
 
@@ -161,7 +163,7 @@ def write_claims(rows: list, results_dir: Path) -> list:
         return []
     from nm_plugins.verdicts.claims import markdown_claims, plot_claims
     md = results_dir / "results.md"
-    md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
+    append_text(md, "\n## Paper claims: paired differences over seeds (same seed = same init and "
                   "data order), 95% t-interval\n\n" + markdown_claims(rows))
     return [plot_claims(rows, results_dir / "claims.png")]
 

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from nm_plugins.runtime.results import save_figure, write_results_json, write_text
+
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_dict_de_en.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
@@ -55,7 +57,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     """Rows (mean/std over seeds) and the flat ``metrics`` that ci.check reads."""
     import statistics
 
-    from nm_plugins.train.report import machine_info
+    from nm_plugins.runtime.results import machine_info
     groups: dict = {}
     for s in summaries:
         groups.setdefault(row_key(s), []).append(s)
@@ -104,7 +106,7 @@ def finish(results: dict, results_dir: Path, thresholds: Path) -> int:
 def write_results(results: dict, out: Path) -> dict:
     """results.json, results.md (table, examples, signatures), examples.md and plot.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=float))
+    write_results_json(out / "results.json", results)
     lines = [f"# {results['name']}", "", results.get("description", ""), "",
              "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | Params | MACs / pair (20+20 tok.) | s / run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -117,7 +119,7 @@ def write_results(results: dict, out: Path) -> dict:
     lines += ["", f"Params and MACs count kept weights only; the tied embedding / output projection is dense "
               f"({first['params_embedding'] / 1e6:.3f}M params, {first['flops_output_projection'] / 1e6:.2f}M of the MACs).",
               "", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in results["signatures"].items()), ""]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     ex = ["# Example translations (first test sentences, seed " + str(results["runs"][0]["seed"]) + ")", ""]
     seen = set()
     for s in results["runs"]:
@@ -127,7 +129,7 @@ def write_results(results: dict, out: Path) -> dict:
         ex += [f"## {row_key(s)}", "", "| source | reference | translation |", "| --- | --- | --- |"]
         ex += [f"| {e['src']} | {e['ref']} | {e['hyp']} |".replace("\n", " ") for e in s["examples"]]
         ex.append("")
-    (out / "examples.md").write_text("\n".join(ex))
+    write_text(out / "examples.md", "\n".join(ex))
     plot = out / "plot.png"
     _plot(results, plot)
     return {"json": out / "results.json", "markdown": out / "results.md", "examples": out / "examples.md", "plot": plot}
@@ -152,7 +154,7 @@ def _plot(results: dict, path: Path) -> None:
     b.set_title("Sparse Architecture Divergence")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
