@@ -17,7 +17,9 @@ threshold check then only runs when every row is there); ``RAFT_PRECISION=bf16``
 autocast on the CPU (``train.amp_cpu``; the correlation as the config sets it, in bf16 like chairs.yaml),
 ``bf16-corr32`` with the correlation volume in fp32 (``train.corr_fp32``), into run folders named
 ``proxy-<precision>`` and results/raft-proxy-bf16[/corr_fp32]/, with the paired difference to the committed fp32
-run (results/raft-proxy/results.json) per row and seed.
+run (results/raft-proxy/results.json) per row and seed. ``RESULTS_DIR`` replaces the results folder. Run folders
+(configs/raft/*.yaml ``out_dir``, relative to the working directory) are reused when finished and resumed from
+their last checkpoint when interrupted (nm_plugins.runtime.grid).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from nm_plugins.runtime.grid import run_or_reuse
 from nm_plugins.runtime.results import read_json, write_results_json, write_text
 
 from .datasets import available
@@ -112,7 +115,7 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
     for seed in seeds:
         out = by_seed[seed] = {}
         for method, pattern in stage_configs["runs"]:
-            weights, stages = None, {}
+            weights, stages, previous = None, {}, None
             for stage in stage_configs["stages"]:
                 extra = {"model": {"method": method, "pattern": pattern, "weights": weights},
                          "eval": {"sets": stage_configs["eval_sets"], "keep": keep},
@@ -123,7 +126,18 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
                 if smoke_extra:
                     cfg = _deep_update(cfg, smoke_extra)
                     cfg["name"] += "-smoke"
-                res = run(cfg, resume=not smoke_extra, keep_samples=keep)  # full runs continue after a crash
+                samples = {}
+
+                def train(resume: bool) -> dict:
+                    res = run(cfg, resume=resume, keep_samples=keep)  # resumes last.pth when it has this config
+                    samples["val"] = res.pop("samples")  # tensors: not part of the stored summary
+                    return res
+                res = run_or_reuse(out_dir(cfg), cfg["name"], {"stage": cfg, "after": previous}, train,
+                                   checkpoint=out_dir(cfg) / "last.pth")
+                previous = {"stage": cfg, "after": previous}  # a later stage's key names the chain that made its weights
+                if seed == seeds[0] and stage == stage_configs["stages"][-1] and "val" not in samples:  # a reused run: its final weights predict them again
+                    samples["val"] = run(cfg, resume=True, keep_samples=keep)["samples"]
+                res = {**res, "samples": samples.get("val", {})}
                 stages[stage] = res["val"]
                 weights = str(out_dir(cfg) / "final.pth")
             res["stages"], res["seed"] = stages, seed
@@ -268,6 +282,7 @@ def main() -> int:
                 "order); EPE on the proxy validation split (valid pixels). The first table is seed "
                 f"{seeds[0]}; metrics in results.json are means over the seeds.")
         print("no CHAIRS_ROOT: running the embedded synthetic proxy" + (" (SMOKE)" if smoke else ""))
+    results_dir = Path(os.environ.get("RESULTS_DIR") or results_dir)
     load0 = os.getloadavg()[0]
     by_seed = _run_all(spec, smoke_extra if smoke else None, keep=4, seeds=seeds)
     runs = by_seed[seeds[0]]

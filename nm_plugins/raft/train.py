@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.runtime.config import load_yaml
 from nm_plugins.runtime.results import write_json
-from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
+from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
+                                      shutdown_distributed)
 
 from .datasets import train_set, val_set
 from .evaluate import EVAL_ITERS, _collate, autocast, evaluate
@@ -333,7 +334,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
                "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
                "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
                "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers),
-               "precision": precision(cfg, device)}
+               "precision": precision(cfg, device), "masks_sha": masks_digest(raw)}
     if main:
         logger.log(step, {"final_val": val})
         checkpoint(ckpt_path)

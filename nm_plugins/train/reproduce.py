@@ -102,20 +102,18 @@ def proxy_runs(smoke: bool) -> list:
 
 def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     """Run the Fashion-MNIST grid in this process, write results, print the table, run the threshold check."""
-    from nm_plugins.train.classify import run
-    from nm_plugins.train.config import load_config
+    from nm_plugins.runtime.grid import only
     from nm_plugins.train.report import aggregate, write_results
 
     runs_dir = _runs_root() / ("imagenet-proxy-smoke" if smoke else "imagenet-proxy")
     summaries, t0, load0 = [], time.time(), os.getloadavg()
     grid = proxy_runs(smoke)
+    subset = only([name for name, _, _ in grid])
+    grid = [g for g in grid if subset is None or g[0] in subset]
     bar = tqdm(grid, desc="imagenet proxy (Fashion-MNIST)", dynamic_ncols=True)
     for name, variant, overrides in bar:
-        extra = PROXY_SMOKE_OVERRIDES if smoke else []
-        cfg = load_config(PROXY_CONFIG, overrides + extra + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
         bar.set_postfix_str(name)
-        summary = run(cfg)
-        summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
+        summary = proxy_run(name, variant, overrides + (PROXY_SMOKE_OVERRIDES if smoke else []), runs_dir)
         summaries.append(summary)
         tqdm.write(f"{name:>14}: top-1 {summary['top1']:.2f}%  SAD {summary['sad_final']:.4f}  ({summary['seconds']:.0f} s)")
     description = (f"Fashion-MNIST proxy of the ImageNet table ({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
@@ -135,7 +133,26 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     paths["plots"] += write_claims(results["claims"], results_dir)
     print(paths["markdown"].read_text())
     print(f"results: {paths['json']}, plots: {', '.join(map(str, paths['plots']))}")
+    if subset is not None:
+        print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke))} runs: no threshold check")
+        return 0
     return run_check(paths["json"], thresholds)
+
+
+def proxy_run(name: str, variant: str, overrides: list, runs_dir: Path) -> dict:
+    """One proxy-grid run (config + ``overrides``) in ``runs_dir/name``, through the resumable grid
+    (nm_plugins.runtime.grid): reused when it finished before, resumed from its last epoch when interrupted."""
+    from nm_plugins.runtime.grid import run_or_reuse
+    from nm_plugins.train.classify import LAST_NAME, run
+    from nm_plugins.train.config import load_config
+
+    cfg = load_config(PROXY_CONFIG, overrides + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
+
+    def train(resume: bool) -> dict:
+        summary = run(cfg, resume=resume)
+        summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
+        return summary
+    return run_or_reuse(runs_dir / name, name, cfg, train, checkpoint=runs_dir / name / LAST_NAME)
 
 
 def per_seed_values(summaries: list, with_model: bool = False) -> dict:

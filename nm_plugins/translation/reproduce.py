@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from nm_plugins.runtime.grid import only
 from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,11 +165,16 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     return check(results_json, thresholds)
 
 
-def _proxy_worker(overrides: list) -> dict:
-    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already)."""
+def _proxy_worker(name: str, overrides: list) -> dict:
+    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already), through
+    the resumable grid (nm_plugins.runtime.grid): reused when finished before, resumed from its checkpoint."""
+    from nm_plugins.runtime.grid import run_or_reuse
+
     from .config import load_config
     from .train import run
-    return run(load_config(PROXY_CONFIG, overrides))
+    cfg = load_config(PROXY_CONFIG, overrides)
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / "checkpoint.pt")
 
 
 def proxy_runs(smoke: bool, runs_dir: Path) -> list:
@@ -193,11 +199,13 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     runs_dir = _runs_root() / ("translation-proxy-smoke" if smoke else "translation-proxy")
     t0, load0 = time.time(), os.getloadavg()
     grid = proxy_runs(smoke, runs_dir)
+    subset = only([name for name, _ in grid])
+    grid = [g for g in grid if subset is None or g[0] in subset]
     prepare_data(load_config(PROXY_CONFIG, grid[0][1]))  # corpus split + vocabulary, cached once for all workers
     workers = int(os.environ.get("PROXY_WORKERS") or min(2, os.cpu_count() or 1))
     summaries = [None] * len(grid)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_proxy_worker, overrides): i for i, (_, overrides) in enumerate(grid)}
+        futures = {pool.submit(_proxy_worker, name, overrides): i for i, (name, overrides) in enumerate(grid)}
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             summary = summaries[i] = future.result()
@@ -215,6 +223,11 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
                         {"description": description, "wall_seconds": wall, "smoke": smoke, "workers": workers,
                          "load_average": {"start": load0[0], "end": load1[0]}, "config": str(PROXY_CONFIG.relative_to(REPO))})
     thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
+    if subset is not None:
+        paths = write_results(results, results_dir)
+        print(paths["markdown"].read_text())
+        print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke, runs_dir))} runs: no threshold check")
+        return 0
     return finish(results, results_dir, thresholds)
 
 
