@@ -71,7 +71,7 @@ def test_grid_killed_and_run_again_equals_an_uninterrupted_grid(tmp_path, grid):
         proc.wait()
     print(f"{grid}: uninterrupted grid {whole_s:.0f} s; killed after {kill_at:.1f} s (exit status {proc.returncode})")
     out = _finish(_start(grid, tmp_path / "killed", tmp_path / "rerun.log"), tmp_path / "rerun.log")
-    print("\n".join(line for line in out.splitlines() if line.startswith("grid: ")))
+    print("\n".join("grid: " + line.split("grid: ", 1)[1] for line in out.splitlines() if "grid: " in line))
     again = json.loads((tmp_path / "killed" / "results" / "results.json").read_text())
     assert again["per_seed"] == reference["per_seed"]
     assert _digests(again) and _digests(again) == _digests(reference)

@@ -130,9 +130,9 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
 
                 def train(resume: bool) -> dict:
                     res = run(cfg, resume=resume, keep_samples=keep)  # resumes last.pth when it has this config
-                    samples["val"] = res.pop("samples")  # tensors: not part of the stored summary
+                    samples["val"] = res.pop("samples", {})  # tensors: not part of the stored summary
                     return res
-                res = run_or_reuse(out_dir(cfg), cfg["name"], {"stage": cfg, "after": previous}, train,
+                res = run_or_reuse(out_dir(cfg), str(out_dir(cfg)), {"stage": cfg, "after": previous}, train,
                                    checkpoint=out_dir(cfg) / "last.pth")
                 previous = {"stage": cfg, "after": previous}  # a later stage's key names the chain that made its weights
                 if seed == seeds[0] and stage == stage_configs["stages"][-1] and "val" not in samples:  # a reused run: its final weights predict them again

@@ -74,7 +74,10 @@ def run_or_reuse(run_dir: "str | Path", label: str, config, train: Callable[[boo
     if resume:
         print(f"grid: {label}: resumed from {ckpt}", flush=True)
     else:
-        why = "a different configuration or code version ran here before" if done is not None or started is not None \
+        same = started is not None and started.get("key") == key
+        why = ("interrupted before its first checkpoint" if ckpt is not None else
+               "interrupted; this trainer starts again rather than resume into different numbers") if same else \
+            "a different configuration or code version ran here before" if done is not None or started is not None \
             else "not run before"
         print(f"grid: {label}: run ({why})", flush=True)
         (run_dir / "grid_run.json").unlink(missing_ok=True)
