@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -132,12 +133,20 @@ def machine_info() -> dict:
     return info
 
 
-def command_line(argv: "list | None" = None) -> str:
-    """This process's command line as a shell would take it: ``python -m MODULE ARGS`` when run with ``-m``."""
+# the environment variables the reproductions and benchmarks read (recorded with the command line)
+SETTINGS = re.compile(r"^(SMOKE|GRID_ONLY|RESULTS_DIR|RUNS_DIR|WORK_DIRS|PROXY_WORKERS|NPROC_PER_NODE|NNODES|"
+                      r"THROUGHPUT_BUDGET_S|(IMAGENET|COCO|WMT|CHAIRS|THINGS|SINTEL|KITTI|RAFT)_[A-Z_]+)$")
+
+
+def command_line(argv: "list | None" = None, env=None) -> str:
+    """This process's command line as a shell would take it, with the settings it read from the environment:
+    ``SMOKE=1 python -m MODULE ARGS`` when run with ``-m``."""
     argv = list(sys.argv if argv is None else argv)
+    env = os.environ if env is None else env
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     head = ["python", "-m", spec.name] if spec is not None and spec.name != "__main__" else ["python", *argv[:1]]
-    return shlex.join(head + argv[1:])
+    settings = [f"{k}={shlex.quote(env[k])}" for k in sorted(env) if SETTINGS.match(k)]
+    return " ".join(settings + [shlex.join(head + argv[1:])])
 
 
 def provenance(argv: "list | None" = None) -> dict:
