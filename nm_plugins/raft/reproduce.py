@@ -134,8 +134,9 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
                     return res
                 res = run_or_reuse(out_dir(cfg), str(out_dir(cfg)), {"stage": cfg, "after": previous}, train,
                                    checkpoint=out_dir(cfg) / "last.pth")
-                previous = {"stage": cfg, "after": previous}  # a later stage's key names the chain that made its weights
-                if seed == seeds[0] and stage == stage_configs["stages"][-1] and "val" not in samples:  # a reused run: its final weights predict them again
+                previous = {"stage": cfg, "after": previous}  # the next stage's key: the chain that made its weights
+                if seed == seeds[0] and stage == stage_configs["stages"][-1] and "val" not in samples:
+                    # a reused run: its final checkpoint predicts them again (resumed at its last step, run evaluates)
                     samples["val"] = run(cfg, resume=True, keep_samples=keep)["samples"]
                 res = {**res, "samples": samples.get("val", {})}
                 stages[stage] = res["val"]

@@ -90,7 +90,8 @@ def read_json(path: "str | Path") -> dict:
     try:
         data = json.loads(text, parse_constant=no_constant)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({'truncated? ' if e.pos >= len(text.rstrip()) else ''}{e})") from None
+        cut = "truncated? " if e.pos >= len(text.rstrip()) else ""
+        raise ValueError(f"{path} is not valid JSON ({cut}{e})") from None
     except ValueError as e:
         raise ValueError(f"{path} {e}") from None
     if not isinstance(data, dict):

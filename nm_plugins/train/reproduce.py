@@ -103,6 +103,7 @@ def proxy_runs(smoke: bool) -> list:
 def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     """Run the Fashion-MNIST grid in this process, write results, print the table, run the threshold check."""
     from nm_plugins.runtime.grid import only
+    from nm_plugins.train.config import load_config
     from nm_plugins.train.report import aggregate, write_results
 
     runs_dir = _runs_root() / ("imagenet-proxy-smoke" if smoke else "imagenet-proxy")
@@ -112,8 +113,11 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     grid = [g for g in grid if subset is None or g[0] in subset]
     bar = tqdm(grid, desc="imagenet proxy (Fashion-MNIST)", dynamic_ncols=True)
     for name, variant, overrides in bar:
+        extra = PROXY_SMOKE_OVERRIDES if smoke else []
+        cfg = load_config(PROXY_CONFIG, overrides + extra + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
         bar.set_postfix_str(name)
-        summary = proxy_run(name, variant, overrides + (PROXY_SMOKE_OVERRIDES if smoke else []), runs_dir)
+        summary = resumable_run(cfg)
+        summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
         summaries.append(summary)
         tqdm.write(f"{name:>14}: top-1 {summary['top1']:.2f}%  SAD {summary['sad_final']:.4f}  ({summary['seconds']:.0f} s)")
     description = (f"Fashion-MNIST proxy of the ImageNet table ({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
@@ -139,20 +143,13 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     return run_check(paths["json"], thresholds)
 
 
-def proxy_run(name: str, variant: str, overrides: list, runs_dir: Path) -> dict:
-    """One proxy-grid run (config + ``overrides``) in ``runs_dir/name``, through the resumable grid
-    (nm_plugins.runtime.grid): reused when it finished before, resumed from its last epoch when interrupted."""
+def resumable_run(cfg: dict) -> dict:
+    """``classify.run(cfg)`` for a grid, through nm_plugins.runtime.grid: the stored summary when its out_dir
+    finished the same config (and code) before, resumed from its last epoch's checkpoint when interrupted."""
     from nm_plugins.runtime.grid import run_or_reuse
     from nm_plugins.train.classify import LAST_NAME, run
-    from nm_plugins.train.config import load_config
-
-    cfg = load_config(PROXY_CONFIG, overrides + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
-
-    def train(resume: bool) -> dict:
-        summary = run(cfg, resume=resume)
-        summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
-        return summary
-    return run_or_reuse(runs_dir / name, name, cfg, train, checkpoint=runs_dir / name / LAST_NAME)
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, out.name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / LAST_NAME)
 
 
 def per_seed_values(summaries: list, with_model: bool = False) -> dict:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from nm_plugins.runtime.grid import only
+from nm_plugins.runtime.grid import only, run_or_reuse
 from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,8 +168,6 @@ def run_check(results_json: Path, thresholds: Path) -> int:
 def _proxy_worker(name: str, overrides: list) -> dict:
     """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already), through
     the resumable grid (nm_plugins.runtime.grid): reused when finished before, resumed from its checkpoint."""
-    from nm_plugins.runtime.grid import run_or_reuse
-
     from .config import load_config
     from .train import run
     cfg = load_config(PROXY_CONFIG, overrides)
