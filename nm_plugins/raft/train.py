@@ -254,6 +254,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     step, epoch, offset, train_time = 0, 0, 0, 0.0
     ckpt_path = run_dir / "last.pth"
     state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    pending_rng = None
     if state is not None and state["config"] != cfg:
         if main:
             print(f"--resume: {ckpt_path} was written with another config; starting from scratch")
@@ -264,7 +265,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         tracker.load_state_dict(state["sad"])
         step, epoch, offset, train_time = state["step"], state["epoch"], state["offset"], state["train_time"]
-        set_rng_state(state["rng"])  # rank 0's RNG (augmentation draws) on every rank
+        pending_rng = state["rng"]  # rank 0's RNG (augmentation draws) on every rank, set once the loader is made
         if main:
             print(f"resumed {ckpt_path} at step {step}")
     elif resume and main and not ckpt_path.is_file():
@@ -289,7 +290,11 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         loader = DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True,
                             num_workers=dcfg["workers"], collate_fn=_collate, pin_memory=device.type == "cuda",
                             persistent_workers=False)
-        for img1, img2, flow, valid in loader:
+        batches = iter(loader)  # draws the loader's base seed from torch's RNG, a draw the checkpoint's state has seen
+        if pending_rng is not None:
+            set_rng_state(pending_rng)
+            pending_rng = None
+        for img1, img2, flow, valid in batches:
             t0 = time.time()
             img1, img2, flow, valid = (x.to(device, non_blocking=True) for x in (img1, img2, flow, valid))
             with amp:
