@@ -31,6 +31,7 @@ from benchmarks.throughput_infer import infer_configs, measure_gemms, measure_in
 from benchmarks.throughput_kernel import check_mask_kernel
 from benchmarks.throughput_report import markdown, write
 from benchmarks.throughput_train import cpu_part, measure_training, train_configs
+from nm_plugins.runtime.results import write_results_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         res["metrics"].update({f"cpu/train_resnet18/{k}": v for k, v in res["cpu"]["train_resnet18"].items()
                                if isinstance(v, (int, float))})
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "cpu.json").write_text(json.dumps(res, indent=1))
+        write_results_json(out_dir / "cpu.json", res, ensure_ascii=True)
         for k, v in res["metrics"].items():
             print(f"  {k:45s} {v:.4g}")
         print(f"wrote {out_dir / 'cpu.json'}")

@@ -1,10 +1,10 @@
 """Throughput suite, results: the flat ``metrics`` that ci.check reads, the markdown tables, the files."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from benchmarks.throughput_train import TRAIN_VARIANTS
+from nm_plugins.runtime.results import write_results_json, write_text
 
 
 def flatten_metrics(results: dict) -> dict:
@@ -126,8 +126,6 @@ def write(results: dict, out_dir: Path, slug: str) -> Path:
     results["metrics"] = flatten_metrics(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{slug}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)
-    (out_dir / f"{slug}.md").write_text(markdown(results))
+    write_results_json(path, results, default=str, ensure_ascii=True)
+    write_text(out_dir / f"{slug}.md", markdown(results))
     return path

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from nm_plugins.runtime.project import project_root
+from nm_plugins.runtime.results import append_text
 
 
 def run_check(results_json: Path, thresholds: Path) -> int:
@@ -20,7 +21,7 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     md = results_json.with_name("results.md")
     if md.is_file():
         text = out.getvalue().replace(str(project_root()) + "/", "")
-        md.write_text(md.read_text() + f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
+        append_text(md, f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
     return status
 
 
@@ -37,8 +38,8 @@ def write_claims(rows: list, results_dir: Path) -> list:
         return []
     from nm_plugins.verdicts.claims import markdown_claims, plot_claims
     md = results_dir / "results.md"
-    md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
-                  "data order), 95% t-interval\n\n" + markdown_claims(rows))
+    append_text(md, "\n## Paper claims: paired differences over seeds (same seed = same init and "
+                    "data order), 95% t-interval\n\n" + markdown_claims(rows))
     return [plot_claims(rows, results_dir / "claims.png")]
 
 

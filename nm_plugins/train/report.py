@@ -3,12 +3,13 @@ markdown table like the paper's, and PNG plots (SAD over training per method, ac
 from __future__ import annotations
 
 import datetime
-import json
 import statistics
 from pathlib import Path
 
 from nm_plugins.core import NMPattern
-from nm_plugins.runtime.machine import machine_info
+from nm_plugins.runtime.results import machine_info, save_figure, write_results_json, write_text
+
+__all__ = ["aggregate", "machine_info", "markdown_table", "plot_results", "row_key", "write_results"]
 
 
 def row_key(summary: dict, with_model: bool = False) -> str:
@@ -108,7 +109,7 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -117,7 +118,7 @@ def write_results(results: dict, out_dir: "str | Path") -> dict:
     """Write results.json, results.md and the plots into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (out_dir / "results.md").write_text(markdown_table(results))
+    write_results_json(out_dir / "results.json", results, ensure_ascii=True)
+    write_text(out_dir / "results.md", markdown_table(results))
     plots = plot_results(results, out_dir)
     return {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plots": plots}
