@@ -75,19 +75,6 @@ def test_power_computation_of_the_plan():
     assert resolving == spec["seeds_for_resolution"] == len(reproduce.STUDY_SEEDS)
 
 
-def test_finished_run_is_reused_only_when_it_matches(tmp_path):
-    cfg = load_config(reproduce.PROXY_CONFIG, ["sparsity.method=ste", "sparsity.pattern='1:16'", "train.seed=3",
-                                               f"train.out_dir={tmp_path}"])
-    assert reproduce.finished_run(cfg) is None
-    summary = {"status": "done", "method": "ste", "pattern": "1:16", "seed": 3, "epochs": 4, "top1": 80.0, "seconds": 9.0}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    reused = reproduce.finished_run(cfg)
-    assert reused["top1"] == 80.0 and reused["reused"] and reused["cpu_seconds"] is None
-    (tmp_path / "summary.json").write_text(json.dumps({**summary, "pattern": "1:8"}))
-    with pytest.raises(ValueError, match="holds a different run"):
-        reproduce.finished_run(cfg)
-
-
 @pytest.mark.slow
 def test_parallel_grid_gives_the_sequential_numbers(tmp_path):
     """Two runs of the study grid (1 epoch of 4 steps) in 2 spawned processes: the same top-1 and SAD as in this

@@ -10,8 +10,7 @@ Environment:
                   with more, every node runs this target with MASTER_ADDR, MASTER_PORT (default 29500) and its NODE_RANK;
                   node 0 aggregates and checks; runs/ must be on a shared filesystem).
   PROXY_STUDY     without IMAGENET_ROOT, run a proxy study instead of the proxy grid (`make reproduce-imagenet-study`):
-                  ``high-sparsity`` (STE and SR-STE at 1:8 and 1:16 x 10 seeds, ci/thresholds/imagenet_proxy_study.yaml;
-                  a run whose runs/imagenet-proxy-study/<run>/summary.json matches is reused, not rerun) or ``high-sparsity-long`` (its optional
+                  ``high-sparsity`` (STE and SR-STE at 1:8 and 1:16 x 10 seeds, ci/thresholds/imagenet_proxy_study.yaml) or ``high-sparsity-long`` (its optional
                   second stage: STE vs SR-STE at 1:16 on a 4x schedule, ci/thresholds/imagenet_proxy_study_long.yaml).
   PROXY_JOBS      parallel processes for the proxy runs (default 1; each run is single-threaded and deterministic,
                   so the numbers do not depend on it).
@@ -36,7 +35,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[2]
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.reproduce import claim_rows, run_check, select_configs, write_claims  # noqa: F401 (used here and by tests)
+
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_CONFIG = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"
 IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
 # (method, pattern, extra overrides, row label suffix): the paper's grid with its lambda_W = 2e-4, plus one
@@ -94,23 +96,6 @@ def _runs_root() -> Path:
     return Path(os.environ.get("RUNS_DIR") or REPO / "runs")
 
 
-def run_check(results_json: Path, thresholds: Path) -> int:
-    """Print the threshold table of ci.check, append it to results.md next to results.json; its exit status."""
-    import contextlib
-    import io
-    sys.path.insert(0, str(REPO))
-    from nm_plugins.verdicts.check import main as check_main
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = check_main([str(results_json), str(thresholds)])
-    print(out.getvalue(), end="")
-    md = results_json.with_name("results.md")
-    if md.is_file():
-        text = out.getvalue().replace(str(REPO) + "/", "")
-        md.write_text(md.read_text() + f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
-    return status
-
-
 # ----------------------------------------------------------------------------------------------- proxy
 def proxy_runs(smoke: bool, study: str = "") -> list:
     """(name, variant label, overrides) of every run of the proxy grid (or of the study ``study``)."""
@@ -128,27 +113,13 @@ def proxy_runs(smoke: bool, study: str = "") -> list:
 
 
 def _run_timed(cfg: dict) -> dict:
-    """One proxy run (nm_plugins.train.classify.run) with its CPU seconds and the load average at its end."""
-    from nm_plugins.train.classify import run
-    cpu0 = time.process_time()
-    summary = run(cfg)
-    return {**summary, "cpu_seconds": time.process_time() - cpu0, "load_average_end": os.getloadavg()[0]}
-
-
-def finished_run(cfg: dict) -> "dict | None":
-    """The summary.json a finished run of ``cfg`` left in its out_dir (same method, pattern, seed and epochs), else
-    None; a stored summary that does not match ``cfg`` is an error, not silently reused."""
-    import json
-    path = Path(cfg["train"]["out_dir"]) / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    want = {"method": cfg["sparsity"]["method"], "pattern": cfg["sparsity"]["pattern"], "seed": cfg["train"]["seed"],
-            "epochs": cfg["optim"]["epochs"], "status": "done"}
-    have = {k: summary.get(k) for k in want}
-    if have != want:
-        raise ValueError(f"{path} holds a different run ({have}, expected {want}): remove it to rerun")
-    return {**summary, "cpu_seconds": None, "load_average_end": None, "reused": True}
+    """One proxy run (:func:`resumable_run`) with its CPU seconds (None when a finished run was reused) and the
+    load average at its end."""
+    t0, cpu0 = time.time(), time.process_time()
+    summary = resumable_run(cfg)
+    reused = summary["seconds"] > time.time() - t0 + 1.0  # the stored run took longer than this call
+    return {**summary, "cpu_seconds": None if reused else time.process_time() - cpu0,
+            "load_average_end": os.getloadavg()[0], "reused": reused}
 
 
 def _run_all(configs: list, jobs: int, bar) -> list:
@@ -161,16 +132,10 @@ def _run_all(configs: list, jobs: int, bar) -> list:
         return list(bar(pool.map(_run_timed, configs), total=len(configs)))
 
 
-def _run_or_reuse(configs: list, jobs: int, bar, reuse: bool) -> list:
-    """:func:`_run_all` over the configs without a finished run (all of them unless ``reuse``); in their order."""
-    done = [finished_run(cfg) if reuse else None for cfg in configs]
-    fresh = iter(_run_all([c for c, d in zip(configs, done) if d is None], jobs, bar))
-    return [d if d is not None else next(fresh) for d in done]
-
-
 def reproduce_proxy(smoke: bool, results_dir: Path, study: str = "") -> int:
     """Run the Fashion-MNIST grid (or study ``study``, see PROXY_STUDIES), write results, print the table, run the
     threshold check."""
+    from nm_plugins.runtime.grid import only
     from nm_plugins.train.config import load_config
     from nm_plugins.train.report import aggregate, write_results
 
@@ -181,12 +146,14 @@ def reproduce_proxy(smoke: bool, results_dir: Path, study: str = "") -> int:
     jobs = _env_int("PROXY_JOBS", 1)
     t0, load0 = time.time(), os.getloadavg()
     grid_runs = proxy_runs(smoke, study)
+    subset = only([name for name, _, _ in grid_runs])
+    grid_runs = [g for g in grid_runs if subset is None or g[0] in subset]
     configs = [load_config(PROXY_CONFIG, overrides + (PROXY_SMOKE_OVERRIDES if smoke else [])
                            + [f"train.out_dir={runs_dir / name}", "train.progress=false"]) for name, _, overrides in grid_runs]
     label = f"{folder} (Fashion-MNIST, {jobs} process{'es' if jobs > 1 else ''})"
     summaries = []
-    for (name, variant, _), cfg, summary in zip(grid_runs, configs, _run_or_reuse(
-            configs, jobs, lambda it, **kw: tqdm(it, desc=label, dynamic_ncols=True, **kw), bool(study))):
+    for (name, variant, _), cfg, summary in zip(grid_runs, configs, _run_all(
+            configs, jobs, lambda it, **kw: tqdm(it, desc=label, dynamic_ncols=True, **kw))):
         summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
         summaries.append(summary)
         tqdm.write(f"{name:>14}: top-1 {summary['top1']:.2f}%  SAD {summary['sad_final']:.4f}  ({summary['seconds']:.0f} s)")
@@ -220,7 +187,19 @@ def reproduce_proxy(smoke: bool, results_dir: Path, study: str = "") -> int:
     paths["plots"] += write_claims(results["claims"], results_dir)
     print(paths["markdown"].read_text())
     print(f"results: {paths['json']}, plots: {', '.join(map(str, paths['plots']))}")
+    if subset is not None:
+        print(f"GRID_ONLY selects {len(grid_runs)} of {len(proxy_runs(smoke, study))} runs: no threshold check")
+        return 0
     return run_check(paths["json"], thresholds)
+
+
+def resumable_run(cfg: dict) -> dict:
+    """``classify.run(cfg)`` for a grid, through nm_plugins.runtime.grid: the stored summary when its out_dir
+    finished the same config (and code) before, resumed from its last epoch's checkpoint when interrupted."""
+    from nm_plugins.runtime.grid import run_or_reuse
+    from nm_plugins.train.classify import LAST_NAME, run
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, out.name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / LAST_NAME)
 
 
 def per_seed_values(summaries: list, with_model: bool = False) -> dict:
@@ -234,23 +213,6 @@ def per_seed_values(summaries: list, with_model: bool = False) -> dict:
     return out
 
 
-def claim_rows(per_seed: dict, thresholds: Path) -> list:
-    """The paper's claims of a thresholds file evaluated on per-seed values (ci/claims.py)."""
-    from nm_plugins.runtime.config import load_yaml
-    sys.path.insert(0, str(REPO))
-    from nm_plugins.verdicts.claims import evaluate_claims
-    return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
-
-
-def write_claims(rows: list, results_dir: Path) -> list:
-    """Append the claims table to results.md and draw claims.png; the plot paths (none without claims)."""
-    if not rows:
-        return []
-    from nm_plugins.verdicts.claims import markdown_claims, plot_claims
-    md = results_dir / "results.md"
-    md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
-                  "data order), 95% t-interval\n\n" + markdown_claims(rows))
-    return [plot_claims(rows, results_dir / "claims.png")]
 
 
 # -------------------------------------------------------------------------------------------- ImageNet
@@ -294,18 +256,6 @@ def imagenet_seeds() -> tuple:
         raise SystemExit(f"reproduce: IMAGENET_SEEDS={raw!r}: expected distinct integers >= 0")
     return seeds
 
-
-def select_configs(rows: list, env: str, prog: str) -> list:
-    """``rows`` (config paths), or those the comma-separated names in environment variable ``env`` select, in that
-    order; an unknown name stops ``prog`` with the known ones."""
-    wanted = [w.strip() for w in os.environ.get(env, "").split(",") if w.strip()]
-    if not wanted:
-        return rows
-    names = {p.stem: p for p in rows}
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        raise SystemExit(f"{prog}: {env} names unknown configs {missing}; known: {sorted(names)}")
-    return [names[w] for w in wanted]
 
 
 def imagenet_rows() -> list:
@@ -365,8 +315,9 @@ def reproduce_imagenet(root: str, smoke: bool, results_dir: Path) -> int:
     return run_check(paths["json"], thresholds)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Entry point of `make reproduce-imagenet`: the ImageNet table with IMAGENET_ROOT, else the proxy."""
+    reproduce_parser(__doc__, "python -m nm_plugins.train.reproduce").parse_args(argv)
     smoke = _env_flag("SMOKE")
     root = os.environ.get("IMAGENET_ROOT", "").strip()
     study = os.environ.get("PROXY_STUDY", "").strip()
@@ -379,6 +330,7 @@ def main() -> int:
         ("results/imagenet" if root else f"results/{proxy}")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default_dir)
     try:
+        require_project(REPO)
         if root:
             return reproduce_imagenet(root, smoke, results_dir)
         return reproduce_proxy(smoke, results_dir, study)
