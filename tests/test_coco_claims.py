@@ -262,8 +262,8 @@ def test_merge_joins_a_row_run_alone_to_the_committed_grid(tmp_path):
     (tmp_path / "added.json").write_text(json.dumps(added))
     reproduce.main(["det", "--merge", str(tmp_path / "base.json"), str(tmp_path / "added.json")])
     written = json.loads((tmp_path / "results.json").read_text())
-    claim = next(c for c in written["claims"] if c["b"] == "ste_2:4")
-    assert claim["n"] == len(seeds) and claim["a"] == "srste_2:4"
+    assert written["per_seed"]["ste_2:4"]["box_mAP"] == {str(s): 15.0 + s for s in seeds} and written["full_grid"]
+    assert written["metrics"]["ste_2:4/n_seeds"] == len(seeds)
     assert "ran later on their own" in (tmp_path / "results.md").read_text()
 
 
