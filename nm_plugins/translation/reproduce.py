@@ -1,11 +1,13 @@
-"""``make reproduce-translation``: Transformer N:M translation on WMT14 En-De, or its embedded dict-de-en proxy.
+"""``make reproduce-translation``: Transformer N:M translation on WMT14 En-De, or its Debian-catalog proxy.
 
 Environment:
   WMT_ROOT        WMT14 En-De raw text (layout: nm_plugins/translation/data.py): train every
                   configs/translation/wmt14_en_de_*.yaml row through torchrun (resuming a row from its checkpoint),
                   then check ci/thresholds/translation.yaml. Unset: the proxy grid (dense, SR-STE 2:4, STE 2:4,
-                  SR-STE 4:8) x 5 seeds on dict-de-en German -> English (configs/translation/proxy_dict_de_en.yaml),
-                  checked against ci/thresholds/translation_proxy.yaml.
+                  SR-STE 4:8) x 5 seeds on English -> German sentences of Debian's German gettext catalogs
+                  (configs/translation/proxy_catalogs_en_de.yaml), with the copy and retrieval baselines on the same
+                  test set, checked against ci/thresholds/translation_proxy.yaml. A run whose summary.json exists
+                  (same config) is not run again, so an interrupted grid resumes.
   NPROC_PER_NODE  processes for torchrun (default: number of GPUs, else 1).
   SMOKE=1         a short version (proxy: a tiny model for 40 updates, < 2 minutes; WMT: a few updates per row).
   RESULTS_DIR     where results.json/results.md/plot/examples go (default results/translation-proxy or
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_dict_de_en.yaml"
+PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_catalogs_en_de.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
 PROXY_GRID = [("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"), ("srste", "4:8")]
 PROXY_SEEDS = (0, 1, 2, 3, 4)  # paired over seeds: the claims' 95% t-intervals need several
@@ -56,6 +58,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     import statistics
 
     from nm_plugins.train.report import machine_info
+    from nm_plugins.verdicts.claims import t_interval
     groups: dict = {}
     for s in summaries:
         groups.setdefault(row_key(s), []).append(s)
@@ -65,11 +68,18 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
                "params": runs[0]["params"], "flops": runs[0]["flops"],
                "flops_output_projection": runs[0]["flops_output_projection"], "params_embedding": runs[0]["params_embedding"],
                "seconds": [r["seconds"] for r in runs], "masks_sha": [r["masks_sha"] for r in runs]}
-        for m in ("bleu", "chrf", "bleu_tok", "sad_final", "valid_loss"):
-            values = [r[m] for r in runs]
+        for m in ("bleu", "chrf", "bleu_tok", "sad_final", "valid_loss", "test_nll"):
+            values = [r.get(m) for r in runs]
+            if any(v is None for v in values):  # test_nll: not in WMT summaries written before it existed
+                continue
             row[m] = values
             row[f"{m}_mean"] = statistics.fmean(values)
             row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            ci = t_interval(values)
+            row[f"{m}_ci95"] = [ci["lo"], ci["hi"]]
+            metrics[f"{key}/{m}_ci_lo"], metrics[f"{key}/{m}_ci_hi"] = ci["lo"], ci["hi"]
+        if "test_nll_mean" in row:
+            metrics[f"{key}/test_nll_mean"] = row["test_nll_mean"]
         rows.append(row)
         metrics.update({f"{key}/bleu_mean": row["bleu_mean"], f"{key}/chrf_mean": row["chrf_mean"],
                         f"{key}/bleu_tok_mean": row["bleu_tok_mean"], f"{key}/sad_mean": row["sad_final_mean"],
@@ -81,13 +91,14 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
 
 
 def per_seed_values(summaries: list) -> dict:
-    """{row: {"bleu"|"bleu_tok"|"chrf"|"valid_loss"|"sad": {seed: value}}} of run summaries, for the paired claim statistics."""
+    """{row: {"bleu"|"bleu_tok"|"chrf"|"valid_loss"|"test_nll"|"sad": {seed: value}}} of run summaries, for the paired claim statistics."""
     out: dict = {}
     for s in summaries:
         row = out.setdefault(row_key(s), {})
         for metric, key in (("bleu", "bleu"), ("bleu_tok", "bleu_tok"), ("chrf", "chrf"), ("valid_loss", "valid_loss"),
-                            ("sad", "sad_final")):
-            row.setdefault(metric, {})[str(s["seed"])] = s[key]
+                            ("sad", "sad_final"), ("test_nll", "test_nll")):
+            if s.get(key) is not None:
+                row.setdefault(metric, {})[str(s["seed"])] = s[key]
     return out
 
 
@@ -163,10 +174,17 @@ def run_check(results_json: Path, thresholds: Path) -> int:
 
 
 def _proxy_worker(overrides: list) -> dict:
-    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already)."""
+    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already); a run
+    whose summary.json exists with the same config is read back instead of run again."""
     from .config import load_config
     from .train import run
-    return run(load_config(PROXY_CONFIG, overrides))
+    cfg = load_config(PROXY_CONFIG, overrides)
+    done = Path(cfg["train"]["out_dir"]) / "summary.json"
+    if done.is_file():
+        summary = json.loads(done.read_text())
+        if summary.get("config") == cfg:
+            return summary
+    return run(cfg)
 
 
 def proxy_runs(smoke: bool, runs_dir: Path) -> list:
@@ -182,16 +200,20 @@ def proxy_runs(smoke: bool, runs_dir: Path) -> list:
 
 
 def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
-    """The dict-de-en grid in PROXY_WORKERS processes (default: 2, one torch thread each), results, check."""
+    """The Debian-catalog grid in PROXY_WORKERS processes (default: 2, one torch thread each), the baselines on
+    the same test set, hypotheses stored, results, check."""
     import concurrent.futures
     import multiprocessing
+    import resource
 
     from .config import load_config
+    from .proxy_results import baselines_and_intervals
     from .train import prepare_data
     runs_dir = _runs_root() / ("translation-proxy-smoke" if smoke else "translation-proxy")
     t0, load0 = time.time(), os.getloadavg()
     grid = proxy_runs(smoke, runs_dir)
-    prepare_data(load_config(PROXY_CONFIG, grid[0][1]))  # corpus split + vocabulary, cached once for all workers
+    cfg0 = load_config(PROXY_CONFIG, grid[0][1])
+    prepare_data(cfg0)  # corpus split + vocabulary, cached once for all workers
     workers = int(os.environ.get("PROXY_WORKERS") or min(2, os.cpu_count() or 1))
     summaries = [None] * len(grid)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -199,19 +221,27 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             summary = summaries[i] = future.result()
-            print(f"{grid[i][0]:>14}: BLEU {summary['bleu']:.2f} chrF {summary['chrf']:.2f} SAD {summary['sad_final']:.4f} "
-                  f"({summary['seconds']:.0f} s train, {summary['decode_seconds']:.0f} s decode)", flush=True)
+            print(f"{grid[i][0]:>14}: BLEU {summary['bleu']:.2f} chrF {summary['chrf']:.2f} test NLL {summary['test_nll']:.3f} "
+                  f"SAD {summary['sad_final']:.4f} ({summary['seconds']:.0f} s train, {summary['decode_seconds']:.0f} s decode)",
+                  flush=True)
     load1 = os.getloadavg()
     wall = time.time() - t0
-    description = (f"dict-de-en German->English proxy of the WMT14 table ({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = cpu.ru_utime + cpu.ru_stime
+    extra = baselines_and_intervals(summaries, cfg0, results_dir, row_key)
+    metrics_extra = extra.pop("metrics_extra")
+    description = (f"English->German sentences of Debian's German gettext catalogs, proxy of the WMT14 table "
+                   f"({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
                    f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
                    f"seeds {list(SMOKE_SEEDS if smoke else PROXY_SEEDS)}; {summaries[0]['test_sentences']} test pairs, "
-                   f"beam {load_config(PROXY_CONFIG, grid[0][1])['decode']['beam']}; {workers} worker processes with one "
-                   f"torch thread each. Wall time {wall:.0f} s; load average at start / end {load0[0]:.1f} / "
-                   f"{load1[0]:.1f} on {os.cpu_count()} cores.")
+                   f"beam {cfg0['decode']['beam']}; {workers} worker processes with one torch thread each. Wall time "
+                   f"{wall:.0f} s, CPU time of the workers {cpu_seconds:.0f} s; load average at start / end {load0[0]:.1f} / "
+                   f"{load1[0]:.1f} on {os.cpu_count()} cores (a load above the worker count means the machine was shared).")
     results = aggregate(summaries, "translation-proxy" + ("-smoke" if smoke else ""),
-                        {"description": description, "wall_seconds": wall, "smoke": smoke, "workers": workers,
-                         "load_average": {"start": load0[0], "end": load1[0]}, "config": str(PROXY_CONFIG.relative_to(REPO))})
+                        {"description": description, "wall_seconds": wall, "cpu_seconds": cpu_seconds, "smoke": smoke,
+                         "workers": workers, "load_average": {"start": load0[0], "end": load1[0]},
+                         "config": str(PROXY_CONFIG.relative_to(REPO)), **extra})
+    results["metrics"].update(metrics_extra)
     thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
     return finish(results, results_dir, thresholds)
 
