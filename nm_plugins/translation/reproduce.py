@@ -77,7 +77,8 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
             row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             ci = t_interval(values)
             row[f"{m}_ci95"] = [ci["lo"], ci["hi"]]
-            metrics[f"{key}/{m}_ci_lo"], metrics[f"{key}/{m}_ci_hi"] = ci["lo"], ci["hi"]
+            if ci["lo"] is not None:
+                metrics[f"{key}/{m}_ci_lo"], metrics[f"{key}/{m}_ci_hi"] = ci["lo"], ci["hi"]
         if "test_nll_mean" in row:
             metrics[f"{key}/test_nll_mean"] = row["test_nll_mean"]
         rows.append(row)
