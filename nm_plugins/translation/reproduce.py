@@ -9,6 +9,7 @@ Environment:
                   test set, checked against ci/thresholds/translation_proxy.yaml. A run whose summary.json exists
                   (same config) is not run again, so an interrupted grid resumes.
   NPROC_PER_NODE  processes for torchrun (default: number of GPUs, else 1).
+  PROXY_SEEDS     comma-separated seeds of the proxy grid (default 0,1,2,3,4; the thresholds' claims assume 5).
   SMOKE=1         a short version (proxy: a tiny model for 40 updates, < 2 minutes; WMT: a few updates per row).
   RESULTS_DIR     where results.json/results.md/plot/examples go (default results/translation-proxy or
                   results/translation; SMOKE: runs/translation-proxy-smoke or runs/translation-smoke).
@@ -188,10 +189,16 @@ def _proxy_worker(overrides: list) -> dict:
     return run(cfg)
 
 
+def proxy_seeds(smoke: bool) -> tuple:
+    """The seeds of the proxy grid: PROXY_SEEDS (comma-separated) if set, else 0-4 (SMOKE: 0)."""
+    given = os.environ.get("PROXY_SEEDS", "").strip()
+    return tuple(int(x) for x in given.split(",")) if given else (SMOKE_SEEDS if smoke else PROXY_SEEDS)
+
+
 def proxy_runs(smoke: bool, runs_dir: Path) -> list:
     """(name, overrides) of every run of the proxy grid."""
     runs = []
-    for seed in (SMOKE_SEEDS if smoke else PROXY_SEEDS):
+    for seed in proxy_seeds(smoke):
         for method, pattern in PROXY_GRID:
             name = ("dense" if method == "dense" else f"{method}_{pattern.replace(':', '_')}") + f"_s{seed}"
             runs.append((name, [f"sparsity.method={method}", f"sparsity.pattern='{pattern}'", f"train.seed={seed}",
@@ -234,7 +241,7 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     description = (f"English->German sentences of Debian's German gettext catalogs, proxy of the WMT14 table "
                    f"({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
                    f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
-                   f"seeds {list(SMOKE_SEEDS if smoke else PROXY_SEEDS)}; {summaries[0]['test_sentences']} test pairs, "
+                   f"seeds {list(proxy_seeds(smoke))}; {summaries[0]['test_sentences']} test pairs, "
                    f"beam {cfg0['decode']['beam']}; {workers} worker processes with one torch thread each. Wall time "
                    f"{wall:.0f} s, CPU time of the workers {cpu_seconds:.0f} s; load average at start / end {load0[0]:.1f} / "
                    f"{load1[0]:.1f} on {os.cpu_count()} cores (a load above the worker count means the machine was shared).")
