@@ -260,21 +260,22 @@ def _translation_baselines(sec: dict, res: dict, href: str) -> None:
     base, rows = res.get("baselines") or {}, res.get("rows") or []
     if not base:
         return
-    cells = []
-    for r in rows:
-        ci = r.get("chrf_ci95") or [None, None]
-        cells.append([C.text_cell(f"{r['key']} (mean of {len(r.get('seeds', []))} seeds)"),
-                      C.cell(r.get("bleu_mean"), href, f"rows[{r['key']}].bleu_mean", ".2f"),
-                      C.cell(r.get("chrf_mean"), href, f"rows[{r['key']}].chrf_mean", ".1f"),
-                      C.text_cell("-" if ci[0] is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]")])
+    def interval(r, m, spec):
+        lo, hi = r.get(f"{m}_ci95") or [None, None]
+        mean = r.get(f"{m}_mean")
+        return C.text_cell("-" if mean is None else format(mean, spec) + ("" if lo is None else
+                                                                          f" [{format(lo, spec)}, {format(hi, spec)}]"))
+
+    cells = [[C.text_cell(f"{r['key']} ({len(r.get('seeds', []))} seeds)"), interval(r, "bleu", ".2f"), interval(r, "chrf", ".1f"),
+              interval(r, "test_nll", ".3f"), interval(r, "valid_loss", ".3f")] for r in rows]
     for name, b in base.items():
         cells.append([C.text_cell(f"baseline: {name}"), C.cell(b.get("bleu"), href, f"baselines.{name}.bleu", ".2f"),
-                      C.cell(b.get("chrf"), href, f"baselines.{name}.chrf", ".1f"), C.text_cell("-")])
+                      C.cell(b.get("chrf"), href, f"baselines.{name}.chrf", ".1f"), C.text_cell("-"), C.text_cell("-")])
     vs = res.get("dense_vs_retrieval") or {}
     note = "; ".join(f"dense - retrieval {m}: {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] (95% paired bootstrap over "
                      f"test sentences, {v['resamples']} resamples, mean of {v['systems_a']} dense seeds)" for m, v in vs.items())
-    sec["tables"].append(C.table(["system", "BLEU", "chrF", "chrF 95% t-interval over seeds"], cells,
-                                 "models beside the baselines on the same test set", note))
+    sec["tables"].append(C.table(["system", "BLEU", "chrF", "test NLL", "valid NLL"], cells,
+                                 "models (mean over seeds [95% t-interval]) beside the baselines on the same test set", note))
     samples = res.get("samples") or []
     if samples:
         keys = [k for k in samples[0] if k not in ("src", "ref")]

@@ -119,17 +119,19 @@ def write_results(results: dict, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=float))
     lines = [f"# {results['name']}", "", results.get("description", ""), "",
-             "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | Params | MACs / pair (20+20 tok.) | s / run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | test NLL | Params | MACs / pair (20+20 tok.) | s / run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["rows"]:
         pm = lambda m: f"{r[m + '_mean']:.2f} ± {r[m + '_std']:.2f}"  # noqa: E731
+        test_nll = f"{r['test_nll_mean']:.3f} ± {r['test_nll_std']:.3f}" if "test_nll_mean" in r else "-"
         lines.append(f"| {r['key']} | {len(r['seeds'])} | {pm('bleu')} | {pm('chrf')} | {pm('bleu_tok')} | "
-                     f"{r['sad_final_mean']:.4f} | {r['valid_loss_mean']:.3f} | {r['params'] / 1e6:.3f}M | "
+                     f"{r['sad_final_mean']:.4f} | {r['valid_loss_mean']:.3f} ± {r['valid_loss_std']:.3f} | {test_nll} | {r['params'] / 1e6:.3f}M | "
                      f"{r['flops'] / 1e6:.2f}M | {sum(r['seconds']) / len(r['seconds']):.0f} |")
     first = results["rows"][0]
     lines += ["", f"Params and MACs count kept weights only; the tied embedding / output projection is dense "
               f"({first['params_embedding'] / 1e6:.3f}M params, {first['flops_output_projection'] / 1e6:.2f}M of the MACs).",
               "", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in results["signatures"].items()), ""]
+    lines += baseline_lines(results)
     (out / "results.md").write_text("\n".join(lines) + "\n")
     ex = ["# Example translations (first test sentences, seed " + str(results["runs"][0]["seed"]) + ")", ""]
     seen = set()
@@ -144,6 +146,36 @@ def write_results(results: dict, out: Path) -> dict:
     plot = out / "plot.png"
     _plot(results, plot)
     return {"json": out / "results.json", "markdown": out / "results.md", "examples": out / "examples.md", "plot": plot}
+
+
+def baseline_lines(results: dict) -> list:
+    """Markdown of the proxy's baselines beside the rows (95% t-intervals over seeds), dense vs retrieval (paired
+    bootstrap over test sentences) and sample translations; none for results without baselines (WMT)."""
+    if not results.get("baselines"):
+        return []
+    ci = lambda r, m, f: (f"{r[m + '_mean']:{f}} [{r[m + '_ci95'][0]:{f}}, {r[m + '_ci95'][1]:{f}}]"  # noqa: E731
+                          if r.get(m + "_ci95") and r[m + "_ci95"][0] is not None else f"{r[m + '_mean']:{f}}")
+    lines = ["## Models beside the baselines (same test set; mean over seeds [95% t-interval])", "",
+             "| system | BLEU | chrF | test NLL | valid NLL |", "| --- | --- | --- | --- | --- |"]
+    for r in results["rows"]:
+        lines.append(f"| {r['key']} | {ci(r, 'bleu', '.2f')} | {ci(r, 'chrf', '.1f')} | {ci(r, 'test_nll', '.3f')} | "
+                     f"{ci(r, 'valid_loss', '.3f')} |")
+    for name, b in results["baselines"].items():
+        lines.append(f"| baseline: {name} | {b['bleu']:.2f} | {b['chrf']:.1f} | - | - |")
+    lines.append("")
+    for m, v in results.get("dense_vs_retrieval", {}).items():
+        lines.append(f"- dense - retrieval, {m}: {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] (95% paired bootstrap over "
+                     f"test sentences, {v['resamples']} resamples, mean of {v['systems_a']} dense seeds vs retrieval)")
+    c = results.get("corpus", {}).get("splits", {})
+    lines += ["", f"Corpus: {sum(c.values()):,} pairs (train {c.get('train', 0):,}, valid {c.get('valid', 0):,}, "
+              f"test {c.get('test', 0):,}); docs/translation_corpus.md. Test hypotheses of every run: hypotheses/*.txt.gz "
+              f"(one line per test sentence of hypotheses/test.src-ref.tsv.gz).", "", "## Sample translations", ""]
+    samples = results.get("samples") or []
+    if samples:
+        keys = list(samples[0])
+        lines += ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+        lines += ["| " + " | ".join(str(x.get(k, "")).replace("|", "\\|") for k in keys) + " |" for x in samples]
+    return lines + [""]
 
 
 def _plot(results: dict, path: Path) -> None:
