@@ -128,16 +128,3 @@ def test_hypotheses_files_are_byte_stable(tmp_path):
     assert (tmp_path / "a.txt.gz").read_bytes() == (tmp_path / "b.txt.gz").read_bytes()
     assert read_gz_lines(tmp_path / "a.txt.gz") == ["Öffne die Datei %s", "zweite Zeile"]
 
-
-def test_proxy_grid_reads_back_a_finished_run(tmp_path):
-    """A run whose summary.json holds the same config is not trained again (the grid resumes)."""
-    import json
-
-    from nm_plugins.translation import reproduce as R
-    from nm_plugins.translation.config import load_config
-    _, overrides = R.proxy_runs(False, tmp_path)[0]
-    cfg = load_config(R.PROXY_CONFIG, overrides)
-    out = Path(cfg["train"]["out_dir"])
-    out.mkdir(parents=True)
-    (out / "summary.json").write_text(json.dumps({"config": cfg, "bleu": 12.5}))
-    assert R._proxy_worker(overrides) == {"config": cfg, "bleu": 12.5}

@@ -17,17 +17,30 @@ from nm_plugins.runtime.config import load_yaml as _yaml
 REPO = Path(__file__).resolve().parents[2]
 NOT_RUN = "not run"
 NOT_RECORDED = "not recorded"
+INVALID = "unreadable"
+# what a results or thresholds file of the wrong shape raises in the code that reads it
+BAD_FILE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def invalid_section(sec: dict, path: Path, error: Exception) -> dict:
+    """``sec`` marked unreadable: the page names ``path`` (relative to the checkout when inside it) and the error."""
+    try:
+        shown = Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        shown = Path(path)
+    message = str(error).removeprefix("report: ")
+    return {**sec, "status": INVALID, "error": f"{shown}: {type(error).__name__}: {message}"
+            if str(path) not in message else f"{type(error).__name__}: {message}"}
 
 
 def load_json(path: Path) -> dict:
-    """The parsed JSON object at ``path``; ValueError naming the file when it is not a JSON object."""
+    """The parsed JSON object at ``path``; ValueError naming the file and the error when it is unreadable, not
+    valid JSON (truncated, NaN) or not a JSON object."""
+    from nm_plugins.runtime.results import read_json
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"report: {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"report: {path} holds a {type(data).__name__}, not a JSON object")
-    return data
+        return read_json(path)
+    except ValueError as e:
+        raise ValueError(f"report: {e}") from None
 
 
 def load_yaml(path: Path) -> dict:
@@ -129,7 +142,8 @@ def judge(results: dict, thresholds: Path, results_href: str, thresholds_href: s
 # ------------------------------------------------------------------------------------------ environment
 def environment(results: dict) -> list:
     """(label, value) pairs of where and when the numbers were measured, 'not recorded' where the file says nothing."""
-    m = results.get("machine") or {}
+    prov = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
+    m = {**(prov.get("machine") or {}), **(results.get("machine") or {})}
     env = results.get("env") or {}
     info = results.get("machine_info") or {}
     host = m.get("host") or info.get("node")
@@ -144,16 +158,21 @@ def environment(results: dict) -> list:
         gpu = "none (CPU run)"
     cuda = env.get("cuda") or (None if "cuda" not in m or isinstance(m.get("cuda"), str) else
                                ("not available" if not m["cuda"] else None))
-    commit = results.get("commit") or (results.get("commit_info") or {}).get("id")
-    if commit and (results.get("commit_info") or {}).get("dirty"):
+    commit = prov.get("commit") or results.get("commit") or (results.get("commit_info") or {}).get("id")
+    dirty = prov.get("dirty") if prov else (results.get("commit_info") or {}).get("dirty")
+    if commit and dirty:
         commit += " (with uncommitted changes)"
-    date = results.get("date") or results.get("datetime")
+    elif commit and dirty is False:
+        commit += " (clean tree)"
+    date = prov.get("date") or results.get("date") or results.get("datetime")
+    if prov.get("cuda"):
+        cuda = prov["cuda"] + ("" if prov.get("cuda_available") else " (no GPU used)")
     versions = ", ".join(f"{k} {env[k]}" for k in ("cudnn", "cusparselt", "triton", "torchvision") if env.get(k))
     wall = (results.get("wall_seconds") or (results.get("total_minutes") or 0) * 60 or results.get("total_time_s"))
     load = results.get("load_average") or {}
-    pairs = [("machine", machine), ("GPU", gpu), ("torch", m.get("torch") or env.get("torch")),
+    pairs = [("machine", machine), ("GPU", gpu), ("torch", prov.get("torch") or m.get("torch") or env.get("torch")),
              ("CUDA", cuda), ("python", m.get("python") or env.get("python") or info.get("python_version")),
-             ("other versions", versions), ("commit", commit), ("date", date),
+             ("other versions", versions), ("commit", commit), ("date", date), ("command", prov.get("command")),
              ("wall time", wall and f"{wall / 60:.1f} min"),
              ("load average (start / end)", load and f"{load.get('start', 0):.2f} / {load.get('end', 0):.2f}")]
     keep_optional = {"other versions", "wall time", "load average (start / end)"}

@@ -60,6 +60,14 @@ def reproduction_section(spec: dict, ctx: dict) -> dict:
            "tables": [], "reference": [], "plots": [], "links": [], "notes": []}
     if not path.is_file():
         return {**sec, "status": C.NOT_RUN}
+    try:
+        return _filled(sec, spec, ctx, folder, path)
+    except C.BAD_FILE_ERRORS as e:
+        return C.invalid_section(sec, path, e)
+
+
+def _filled(sec: dict, spec: dict, ctx: dict, folder, path) -> dict:
+    """``sec`` filled from the results.json at ``path`` (raises what a malformed file makes its readers raise)."""
     res = C.load_json(path)
     href = C.rel_href(path, ctx["out_dir"])
     sec.update(status="ok", json_href=href, smoke=bool(res.get("smoke")), environment=C.environment(res),

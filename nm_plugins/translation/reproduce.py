@@ -9,7 +9,6 @@ Environment:
                   test set, checked against ci/thresholds/translation_proxy.yaml. A run whose summary.json exists
                   (same config) is not run again, so an interrupted grid resumes.
   NPROC_PER_NODE  processes for torchrun (default: number of GPUs, else 1).
-  PROXY_SEEDS     comma-separated seeds of the proxy grid (default 0,1,2,3,4; the thresholds' claims assume 5).
   SMOKE=1         a short version (proxy: a tiny model for 40 updates, < 2 minutes; WMT: a few updates per row).
   RESULTS_DIR     where results.json/results.md/plot/examples go (default results/translation-proxy or
                   results/translation; SMOKE: runs/translation-proxy-smoke or runs/translation-smoke).
@@ -25,6 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from nm_plugins.runtime.grid import only, run_or_reuse
+from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_catalogs_en_de.yaml"
@@ -58,7 +60,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     """Rows (mean/std over seeds) and the flat ``metrics`` that ci.check reads."""
     import statistics
 
-    from nm_plugins.train.report import machine_info
+    from nm_plugins.runtime.results import machine_info
     from nm_plugins.verdicts.claims import t_interval
     groups: dict = {}
     for s in summaries:
@@ -117,7 +119,7 @@ def finish(results: dict, results_dir: Path, thresholds: Path) -> int:
 def write_results(results: dict, out: Path) -> dict:
     """results.json, results.md (table, examples, signatures), examples.md and plot.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=float))
+    write_results_json(out / "results.json", results)
     lines = [f"# {results['name']}", "", results.get("description", ""), "",
              "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | test NLL | Params | MACs / pair (20+20 tok.) | s / run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -132,7 +134,7 @@ def write_results(results: dict, out: Path) -> dict:
               f"({first['params_embedding'] / 1e6:.3f}M params, {first['flops_output_projection'] / 1e6:.2f}M of the MACs).",
               "", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in results["signatures"].items()), ""]
     lines += baseline_lines(results)
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     ex = ["# Example translations (first test sentences, seed " + str(results["runs"][0]["seed"]) + ")", ""]
     seen = set()
     for s in results["runs"]:
@@ -142,7 +144,7 @@ def write_results(results: dict, out: Path) -> dict:
         ex += [f"## {row_key(s)}", "", "| source | reference | translation |", "| --- | --- | --- |"]
         ex += [f"| {e['src']} | {e['ref']} | {e['hyp']} |".replace("\n", " ") for e in s["examples"]]
         ex.append("")
-    (out / "examples.md").write_text("\n".join(ex))
+    write_text(out / "examples.md", "\n".join(ex))
     plot = out / "plot.png"
     _plot(results, plot)
     return {"json": out / "results.json", "markdown": out / "results.md", "examples": out / "examples.md", "plot": plot}
@@ -197,7 +199,7 @@ def _plot(results: dict, path: Path) -> None:
     b.set_title("Sparse Architecture Divergence")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -207,30 +209,20 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     return check(results_json, thresholds)
 
 
-def _proxy_worker(overrides: list) -> dict:
-    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already); a run
-    whose summary.json exists with the same config is read back instead of run again."""
+def _proxy_worker(name: str, overrides: list) -> dict:
+    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already), through
+    the resumable grid (nm_plugins.runtime.grid): reused when finished before, resumed from its checkpoint."""
     from .config import load_config
     from .train import run
     cfg = load_config(PROXY_CONFIG, overrides)
-    done = Path(cfg["train"]["out_dir"]) / "summary.json"
-    if done.is_file():
-        summary = json.loads(done.read_text())
-        if summary.get("config") == cfg:
-            return summary
-    return run(cfg)
-
-
-def proxy_seeds(smoke: bool) -> tuple:
-    """The seeds of the proxy grid: PROXY_SEEDS (comma-separated) if set, else 0-4 (SMOKE: 0)."""
-    given = os.environ.get("PROXY_SEEDS", "").strip()
-    return tuple(int(x) for x in given.split(",")) if given else (SMOKE_SEEDS if smoke else PROXY_SEEDS)
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / "checkpoint.pt")
 
 
 def proxy_runs(smoke: bool, runs_dir: Path) -> list:
     """(name, overrides) of every run of the proxy grid."""
     runs = []
-    for seed in proxy_seeds(smoke):
+    for seed in (SMOKE_SEEDS if smoke else PROXY_SEEDS):
         for method, pattern in PROXY_GRID:
             name = ("dense" if method == "dense" else f"{method}_{pattern.replace(':', '_')}") + f"_s{seed}"
             runs.append((name, [f"sparsity.method={method}", f"sparsity.pattern='{pattern}'", f"train.seed={seed}",
@@ -247,43 +239,58 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     import resource
 
     from .config import load_config
-    from .proxy_results import baselines_and_intervals
     from .train import prepare_data
     runs_dir = _runs_root() / ("translation-proxy-smoke" if smoke else "translation-proxy")
     t0, load0 = time.time(), os.getloadavg()
     grid = proxy_runs(smoke, runs_dir)
-    cfg0 = load_config(PROXY_CONFIG, grid[0][1])
-    prepare_data(cfg0)  # corpus split + vocabulary, cached once for all workers
+    subset = only([name for name, _ in grid])
+    grid = [g for g in grid if subset is None or g[0] in subset]
+    prepare_data(load_config(PROXY_CONFIG, grid[0][1]))  # corpus split + vocabulary, cached once for all workers
     workers = int(os.environ.get("PROXY_WORKERS") or min(2, os.cpu_count() or 1))
     summaries = [None] * len(grid)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_proxy_worker, overrides): i for i, (_, overrides) in enumerate(grid)}
+        futures = {pool.submit(_proxy_worker, name, overrides): i for i, (name, overrides) in enumerate(grid)}
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             summary = summaries[i] = future.result()
             print(f"{grid[i][0]:>14}: BLEU {summary['bleu']:.2f} chrF {summary['chrf']:.2f} test NLL {summary['test_nll']:.3f} "
                   f"SAD {summary['sad_final']:.4f} ({summary['seconds']:.0f} s train, {summary['decode_seconds']:.0f} s decode)",
                   flush=True)
-    load1 = os.getloadavg()
-    wall = time.time() - t0
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_seconds = cpu.ru_utime + cpu.ru_stime
+    timing = {"wall_seconds": time.time() - t0, "cpu_seconds": cpu.ru_utime + cpu.ru_stime,
+              "load_average": {"start": load0[0], "end": os.getloadavg()[0]}, "workers": workers}
+    results = proxy_results(summaries, smoke, results_dir, timing)
+    if subset is not None:
+        paths = write_results(results, results_dir)
+        print(paths["markdown"].read_text())
+        print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke, runs_dir))} runs: no threshold check")
+        return 0
+    thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
+    return finish(results, results_dir, thresholds)
+
+
+def proxy_results(summaries: list, smoke: bool, results_dir: Path, timing: dict) -> dict:
+    """The results of the proxy runs ``summaries``: rows, baselines on the same test set, dense vs retrieval,
+    stored hypotheses, samples; ``timing``: wall_seconds, cpu_seconds, load_average {start, end}, workers."""
+    from .config import load_config
+    from .proxy_results import baselines_and_intervals
+    cfg0 = load_config(PROXY_CONFIG, PROXY_SMOKE_OVERRIDES if smoke else [])
     extra = baselines_and_intervals(summaries, cfg0, results_dir, row_key)
     metrics_extra = extra.pop("metrics_extra")
+    load = timing["load_average"]
     description = (f"English->German sentences of Debian's German gettext catalogs, proxy of the WMT14 table "
                    f"({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
                    f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
-                   f"seeds {list(proxy_seeds(smoke))}; {summaries[0]['test_sentences']} test pairs, "
-                   f"beam {cfg0['decode']['beam']}; {workers} worker processes with one torch thread each. Wall time "
-                   f"{wall:.0f} s, CPU time of the workers {cpu_seconds:.0f} s; load average at start / end {load0[0]:.1f} / "
-                   f"{load1[0]:.1f} on {os.cpu_count()} cores (a load above the worker count means the machine was shared).")
+                   f"seeds {sorted({s['seed'] for s in summaries})}; {summaries[0]['test_sentences']} test pairs, "
+                   f"beam {cfg0['decode']['beam']}; {timing['workers']} worker processes with one torch thread each. Wall "
+                   f"time {timing['wall_seconds']:.0f} s, CPU time of the workers {timing['cpu_seconds']:.0f} s; load "
+                   f"average at start / end {load['start']:.1f} / {load['end']:.1f} on {os.cpu_count()} cores (a load above "
+                   f"the worker count means the machine was shared).")
     results = aggregate(summaries, "translation-proxy" + ("-smoke" if smoke else ""),
-                        {"description": description, "wall_seconds": wall, "cpu_seconds": cpu_seconds, "smoke": smoke,
-                         "workers": workers, "load_average": {"start": load0[0], "end": load1[0]},
+                        {"description": description, **timing, "smoke": smoke,
                          "config": str(PROXY_CONFIG.relative_to(REPO)), **extra})
     results["metrics"].update(metrics_extra)
-    thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
-    return finish(results, results_dir, thresholds)
+    return results
 
 
 def wmt_rows() -> list:

@@ -28,7 +28,6 @@ A claim that is contradicted (or has no per-seed values) fails; "not significant
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -69,6 +68,31 @@ def format_table(rows: list) -> str:
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
 
 
+def read_inputs(results_path: Path, thresholds_path: Path) -> tuple:
+    """(results, its metrics, thresholds spec); ValueError naming the file and what is wrong when either file is
+    unreadable or of the wrong shape (truncated JSON, NaN, not a mapping, non-numeric metrics)."""
+    import yaml
+
+    from nm_plugins.runtime.results import read_json
+    results = read_json(results_path)
+    metrics = results.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{results_path}: 'metrics' is a JSON {type(metrics).__name__}, not an object")
+    bad = [k for k, v in metrics.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+    if bad:
+        raise ValueError(f"{results_path}: metric {bad[0]!r} is {metrics[bad[0]]!r}, not a number")
+    try:
+        spec = load_yaml(thresholds_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"thresholds file {thresholds_path} cannot be read: {e}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"thresholds file {thresholds_path} holds a {type(spec).__name__}, not a mapping")
+    for key in ("checks", "claims"):
+        if not isinstance(spec.get(key) or [], list):
+            raise ValueError(f"thresholds file {thresholds_path}: {key!r} is a {type(spec[key]).__name__}, not a list")
+    return results, metrics, spec
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -79,15 +103,17 @@ def main(argv=None) -> int:
         if not p.is_file():
             print(f"ci.check: {p} does not exist", file=sys.stderr)
             return 2
-    results = json.loads(results_path.read_text())
-    metrics = results.get("metrics", {})
-    spec = load_yaml(thresholds_path.read_text())
-    rows = evaluate(metrics, spec.get("checks", []))
+    try:
+        results, metrics, spec = read_inputs(results_path, thresholds_path)
+        rows = evaluate(metrics, spec.get("checks", []) or [])
+        claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}) or {}, spec.get("claims", []) or [])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        print(f"ci.check: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"Threshold check: {results_path} against {thresholds_path} ({spec.get('name', '')})")
     print(format_table(rows))
     failed = [r for r in rows if not r[3]]
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; {len(failed)} FELL SHORT" if failed else ""))
-    claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}), spec.get("claims", []))
     bad_claims = claims_mod.failed(claim_rows)
     if claim_rows:
         print("\nPaper claims (paired differences over seeds, 95% t-interval):")

@@ -168,6 +168,7 @@ def plot_claims(rows: list, path, title: str = "paired differences A - B over se
         ax.set_xlabel(f"{metric}: A - B", fontsize=8)
     axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from nm_plugins.runtime.results import save_figure
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
