@@ -80,5 +80,5 @@ def paired_bootstrap(a: list, b: dict, metric: str, n: int = 1000, seed: int = 0
         diffs[i] = va - vb
     va, vb = score(np.arange(len(sb)))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"a": va, "b": vb, "diff": va - vb, "lo": float(lo), "hi": float(hi), "resamples": n, "seed": seed,
-            "systems_a": len(a)}
+    return {"a": float(va), "b": float(vb), "diff": float(va - vb), "lo": float(lo), "hi": float(hi), "resamples": n,
+            "seed": seed, "systems_a": len(a)}
