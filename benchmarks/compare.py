@@ -47,7 +47,7 @@ def rule_for(name: str):
 
 def gpu_of(data: dict) -> str | None:
     """The GPU kind a results file was measured on ('h100', 'cpu', ...), None when it does not say."""
-    from benchmarks.throughput import gpu_slug
+    from benchmarks.gpu_env import gpu_slug
     env = data.get("env") or {}
     if data.get("benchmarks") is not None:  # pytest-benchmark JSON: the CPU suite
         return "cpu"

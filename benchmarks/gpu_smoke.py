@@ -146,8 +146,9 @@ def _ddp(model, info):
     return nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
-def classify_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
-    """ResNet-50 (toy: ResNet-18) dense / SR-STE 2:4 through the classification trainer's code."""
+def classify_pair(data: Path, toy: bool, info, loader_images: int | None = None) -> tuple[Pair, dict]:
+    """ResNet-50 (toy: ResNet-18) dense / SR-STE 2:4 through the classification trainer's code; the loader alone
+    over ``loader_images`` images per process (default 64 toy, 4096 real)."""
     from benchmarks.loader import images_per_s
     from nm_plugins.train.classify import build_model, lr_factor, train_one_epoch
     from nm_plugins.train.config import load_config
@@ -169,7 +170,7 @@ def classify_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
         lcfg = load_config(REPO / "configs" / "imagenet" / c["config"],
                            base + [f"data.decode={decode}", f"data.batch_size={loader_batch}"])
         lo, _, _, _, _ = build_loaders(lcfg, info.rank, info.world_size, 0, pin_memory=cuda, device=info.device)
-        extra["loader"][decode] = images_per_s(lo, 64 if toy else 4096, device=info.device)
+        extra["loader"][decode] = images_per_s(lo, loader_images or (64 if toy else 4096), device=info.device)
         extra["loader"][decode]["workers"] = workers
     pair = Pair()
     pair.images_per_chunk = sum(len(b[1]) for b in batches) * info.world_size
@@ -235,13 +236,10 @@ def raft_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
     """raft_large (toy: raft_small) dense / SR-STE 2:4 through the RAFT trainer's data, model and loss."""
     import contextlib
 
-    from torch.utils.data import DataLoader
-
     from nm_plugins.raft.datasets import train_set
-    from nm_plugins.raft.evaluate import _collate
     from nm_plugins.raft.metrics import sequence_loss
     from nm_plugins.raft.model import create
-    from nm_plugins.raft.train import _epoch_indices, correlation_in_fp32, load_config, set_decay_mode
+    from nm_plugins.raft.train import correlation_in_fp32, epoch_loader, load_config, set_decay_mode
     r = sizes(toy)["raft"]
     cfg = load_config(REPO / "configs" / "raft" / "chairs.yaml")
     before = os.environ.get("CHAIRS_ROOT")
@@ -253,9 +251,7 @@ def raft_pair(data: Path, toy: bool, info) -> tuple[Pair, dict]:
             del os.environ["CHAIRS_ROOT"]
         else:
             os.environ["CHAIRS_ROOT"] = before
-    indices = _epoch_indices(len(dataset), r["per_gpu"], 0, 0, info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_size=r["per_gpu"], sampler=indices, drop_last=True, num_workers=r["workers"],
-                        collate_fn=_collate, pin_memory=info.device.type == "cuda")
+    loader = epoch_loader(dataset, r["per_gpu"], 0, 0, info, r["workers"])
     batches = [tuple(x.to(info.device) for x in b) for _, b in zip(range(r["k"]), loader)]
     amp = cfg["train"]["amp"] and info.device.type == "cuda"
     pair = Pair()
@@ -386,7 +382,7 @@ def worker(args) -> int:
 
 
 def _worker(args) -> int:
-    from benchmarks.throughput import environment, gpu_slug
+    from benchmarks.gpu_env import environment, gpu_slug
     from nm_plugins.runtime.training import init_distributed
     info = init_distributed(args.device)
     if info.device.type == "cuda":
@@ -401,14 +397,14 @@ def _worker(args) -> int:
             t0 = time.time()
             try:
                 if trainer == "classify":
-                    pair, extra = classify_pair(data, toy, info)
+                    pair, extra = classify_pair(data, toy, info, args.loader_images)
                 elif trainer == "mmdet":
                     pair, extra = mmdet_pair(data, toy, info, Path(work))
                 elif trainer == "raft":
                     pair, extra = raft_pair(data, toy, info)
                 else:
                     raise ValueError(f"unknown trainer {trainer!r}: expected some of {', '.join(TRAINERS)}")
-                res = interleave(pair, sizes(toy)[trainer]["rounds"], info.device)
+                res = interleave(pair, args.rounds or sizes(toy)[trainer]["rounds"], info.device)
                 res.update(extra)
                 del pair
             except ValueError as exc:
@@ -444,7 +440,7 @@ def _worker(args) -> int:
 
 def check(out: Path) -> int:
     """ci.check of the run against ci/thresholds/gpu_smoke_<gpu>.yaml (0 when no thresholds file fits)."""
-    from benchmarks.throughput import gpu_slug
+    from benchmarks.gpu_env import gpu_slug
     slug = gpu_slug(torch.cuda.get_device_name(0))
     thresholds = REPO / "ci" / "thresholds" / f"gpu_smoke_{slug}.yaml"
     if not thresholds.is_file():
@@ -462,9 +458,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto (CUDA, else skip) or cpu (runs on the CPU: toy checks)")
     ap.add_argument("--toy", action="store_true", help="toy sizes (what the CPU tests run)")
     ap.add_argument("--nproc", type=int, default=None, help="processes (default: every visible GPU; 1 on the CPU)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per trainer, the first a warm-up (default 11 classify, 9 mmdet and raft; toy 3)")
+    ap.add_argument("--loader-images", type=int, default=None, help="images per process for the loader-alone figure")
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)      # set for the torchrun children
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rounds is not None and args.rounds < 2:
+        ap.error("--rounds must be >= 2 (the first round is a warm-up)")
     if args.worker:
         return worker(args)
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
@@ -484,7 +485,8 @@ def main(argv=None) -> int:
         write_data(Path(tmp), args.toy, nproc, trainers)
         print(f"[gpu-smoke] generated data in {time.time() - t0:.0f}s; {nproc} process(es) on {device}", flush=True)
         child = ["--worker", "--data", tmp, "--device", device, "--trainers", ",".join(trainers), "--out", args.out] + \
-                (["--toy"] if args.toy else [])
+                (["--toy"] if args.toy else []) + (["--rounds", str(args.rounds)] if args.rounds else []) + \
+                (["--loader-images", str(args.loader_images)] if args.loader_images else [])
         if cuda or nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                    "-m", "benchmarks.gpu_smoke"] + child

@@ -132,7 +132,7 @@ def markdown(out: dict) -> str:
 def main(argv=None) -> int:
     import torchvision
 
-    from benchmarks.throughput import gpu_slug
+    from benchmarks.gpu_env import gpu_slug
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=512, help="generated train JPEGs (4 batches of 128 by default)")
     ap.add_argument("--min-images", type=int, default=1024, help="images timed per configuration (epochs repeat)")

@@ -117,4 +117,4 @@ def test_proxy_knobs_refuse_the_real_datasets(tmp_path, monkeypatch, flying_chai
     monkeypatch.setenv("CHAIRS_ROOT", str(tmp_path))
     monkeypatch.setenv(knob, value)
     with pytest.raises(SystemExit, match="proxy only"):  # before any training
-        raft_reproduce.main()
+        raft_reproduce.main([])

@@ -79,8 +79,13 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ValueError, match="unknown config key 'optim.lrr'"):
+    with pytest.raises(ValueError, match="unknown key 'optim.lrr'"):
         load_config(REPO / "configs" / "raft" / "proxy.yaml", overrides=["optim.lrr=1"])
+    with pytest.raises(ValueError, match="data must be a mapping"):  # was silently replaced by a number
+        load_config(REPO / "configs" / "raft" / "proxy.yaml", overrides=["data=3"])
+    free = load_config(REPO / "configs" / "raft" / "proxy.yaml", overrides=["data.proxy.anything=3", "eval.iters.sintel=32"])
+    assert free["data"]["proxy"] == {"count": 1000, "val_count": 100, "size": 128, "seed": 0, "anything": 3}
+    assert free["eval"]["iters"] == {"proxy": 12, "sintel": 32}
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
     for stage in ("chairs", "things", "sintel", "kitti", "proxy"):

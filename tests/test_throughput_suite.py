@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import report, throughput
+from benchmarks import report, throughput, throughput_infer, throughput_kernel, throughput_report, throughput_train
 from nm_plugins.verdicts.check import evaluate
 from nm_plugins import export_dense, sparsify, to_fast_semi_structured
 from nm_plugins.core.fast_inference import CudaGraphModule, choose_kernel, format_layer_table
@@ -70,14 +70,14 @@ def test_gpu_names_map_to_threshold_files():
 
 def test_threshold_files_only_name_metrics_the_suite_writes():
     """Every metric a thresholds file checks is one flatten_metrics emits for the full-size run."""
-    train = {name: {f"{v[0]}_ms": 0.0 for v in throughput.TRAIN_VARIANTS} for name, _ in throughput.train_configs(False)}
+    train = {name: {f"{v[0]}_ms": 0.0 for v in throughput_train.TRAIN_VARIANTS} for name, _ in throughput_train.train_configs(False)}
     for r in train.values():
-        r.update({f"{v[0]}_over_dense": 0.0 for v in throughput.TRAIN_VARIANTS[1:]})
+        r.update({f"{v[0]}_over_dense": 0.0 for v in throughput_train.TRAIN_VARIANTS[1:]})
     inference = {f"{name}/float16/b{b}": {"fast_graph_speedup": 0.0, "fast_eager_speedup": 0.0, "semi_eager_speedup": 0.0}
-                 for name, _, batches in throughput.infer_configs(False) for b in batches}
+                 for name, _, batches in throughput_infer.infer_configs(False) for b in batches}
     shape = {"train": train, "inference": inference, "gemm": [{"best_speedup": 0.0}],
              "mask_kernel": {"all_equal": True, "resnet50_nm_mask_ms": 1.0, "resnet50_argsort_over_nm_mask": 9.0}}
-    names = set(throughput.flatten_metrics(shape))
+    names = set(throughput_report.flatten_metrics(shape))
     for slug in ("a100", "h100", "h200"):
         spec = yaml.safe_load((REPO / "ci" / "thresholds" / f"throughput_{slug}.yaml").read_text())
         for check in spec["checks"]:
@@ -90,7 +90,7 @@ def test_threshold_files_only_name_metrics_the_suite_writes():
 def test_training_variants_are_the_one_path_and_thresholds_hold_resnet50_to_1_03():
     """No engine variants any more: dense, SR-STE and STE through sparsify's layers; ResNet-50's SR-STE step
     is held to 1.03x dense on every GPU the suite has thresholds for."""
-    assert [v for v, _ in throughput.TRAIN_VARIANTS] == ["dense", "srste", "ste"]
+    assert [v for v, _ in throughput_train.TRAIN_VARIANTS] == ["dense", "srste", "ste"]
     for slug in ("a100", "h100", "h200"):
         spec = yaml.safe_load((REPO / "ci" / "thresholds" / f"throughput_{slug}.yaml").read_text())
         limit = {c["metric"]: c.get("max") for c in spec["checks"]}
@@ -98,14 +98,14 @@ def test_training_variants_are_the_one_path_and_thresholds_hold_resnet50_to_1_03
 
 
 def test_mask_kernel_check_dry_run_on_cpu_and_a_wrong_mask_fails_it(monkeypatch):
-    res = throughput.check_mask_kernel(torch.device("cpu"), quick=True)
+    res = throughput_kernel.check_mask_kernel(torch.device("cpu"), quick=True)
     assert res["all_equal"] is True and len(res["checks"]) >= 3 * 4 * 2
     assert {c["pattern"] for c in res["checks"]} == {"2:4", "1:4", "2:8", "4:8"} and any(c["ties"] for c in res["checks"])
     assert res["resnet50_nm_mask_ms"] > 0 and res["resnet50_argsort_over_nm_mask"] > 0
     # a kernel that breaks ties towards the higher index must fail the check
-    monkeypatch.setattr(throughput, "nm_mask", lambda w, p: throughput.argsort_nm_mask(w.flip(1).float(), *map(int, p.split(":"))).flip(1))
-    assert throughput.check_mask_kernel(torch.device("cpu"), quick=True)["all_equal"] is False
-    assert throughput.check_mask_kernel(torch.device("cpu"), quick=False)["skipped"].startswith("no CUDA")
+    monkeypatch.setattr(throughput_kernel, "nm_mask", lambda w, p: throughput_kernel.argsort_nm_mask(w.flip(1).float(), *map(int, p.split(":"))).flip(1))
+    assert throughput_kernel.check_mask_kernel(torch.device("cpu"), quick=True)["all_equal"] is False
+    assert throughput_kernel.check_mask_kernel(torch.device("cpu"), quick=False)["skipped"].startswith("no CUDA")
 
 
 def test_report_prints_ratios_from_pytest_benchmark_stats(tmp_path, capsys):
@@ -134,7 +134,7 @@ def test_report_prints_ratios_from_pytest_benchmark_stats(tmp_path, capsys):
 
 
 def test_inference_section_dry_run_and_markdown(tmp_path):
-    res = throughput.measure_inference("vit_tiny_patch16_224", 32, 2, torch.float32, torch.device("cpu"), 1,
+    res = throughput_infer.measure_inference("vit_tiny_patch16_224", 32, 2, torch.float32, torch.device("cpu"), 1,
                                        throughput.Budget(600))
     assert res["dense_eager_ms"] > 0 and "fast_eager_ms" in res and res["fast_eager_sparse_layers"] == 0
     assert res["fast_eager_rel_err_vs_dense"] == 0.0

@@ -28,7 +28,6 @@ check against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits wi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -43,6 +42,7 @@ from mmengine.hooks import Hook
 
 from nm_plugins.core import sparse_layers
 from nm_plugins.runtime.grid import run_or_reuse
+from nm_plugins.runtime.project import project_path, reproduce_parser, require_project
 from nm_plugins.runtime.results import read_json, save_figure, write_results_json, write_text
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)
@@ -50,7 +50,7 @@ BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the be
 GRID = {"det": [("dense", None), ("srste", "2:4"), ("srste", "4:8"), ("srste", "2:8"), ("srste", "1:4")],
         "seg": [("dense", None), ("srste", "2:4"), ("srste", "4:8"), ("srste", "2:8")]}
 DETECTOR = {"det": "faster-rcnn", "seg": "mask-rcnn"}
-CONFIG_DIR = Path("configs/mmdet")
+CONFIG_DIR = ("configs", "mmdet")  # under the project folder (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 SMOKE_OPTIONS = {"train_dataloader.dataset.indices": 24, "val_dataloader.dataset.indices": 40,
                  "test_dataloader.dataset.indices": 40, "train_cfg.max_epochs": 1,
                  "custom_hooks.0.interval": 3, "default_hooks.logger.interval": 3}
@@ -72,7 +72,7 @@ def config_path(task: str, method: str, pattern: str | None, proxy: bool) -> Pat
     variant = "dense" if pattern is None else f"{method}-{pattern.replace(':', '-')}"
     name = (f"{DETECTOR[task]}_r18-w16_fpn_{variant}_proxy.py" if proxy
             else f"{DETECTOR[task]}_r50_fpn_{variant}_1x_coco.py")
-    return CONFIG_DIR / name
+    return project_path(*CONFIG_DIR, name)
 
 
 def check_coco_root(root: str) -> Path:
@@ -262,7 +262,7 @@ def aggregate(runs: list) -> "tuple[list, dict]":
 
 def thresholds_path(task: str, proxy: bool, smoke: bool) -> Path:
     """ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml."""
-    return Path("ci/thresholds") / f"coco_{task}{'_proxy' if proxy else ''}{'_smoke' if smoke else ''}.yaml"
+    return project_path("ci", "thresholds") / f"coco_{task}{'_proxy' if proxy else ''}{'_smoke' if smoke else ''}.yaml"
 
 
 def claim_rows(per_seed: dict, thresholds: Path) -> list:
@@ -352,12 +352,13 @@ def markdown(task: str, rows: list, proxy: bool, smoke: bool, dense_name: str = 
 
 def main(argv=None) -> int:
     """Entry point of ``make reproduce-coco-{det,seg}``; a missing file or bad setting: message and status 2."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = reproduce_parser(__doc__, "python -m nm_plugins.mmdet.reproduce")
     parser.add_argument("task", choices=sorted(GRID))
     parser.add_argument("--from-results", metavar="RESULTS_JSON",
                         help="no training: redo claims, tables, plots and the check of a finished run")
     args = parser.parse_args(argv)
     try:
+        require_project()
         if args.from_results:
             path = Path(args.from_results)
             if not path.is_file():

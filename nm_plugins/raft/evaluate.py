@@ -41,7 +41,8 @@ def autocast(amp: bool, device, cpu: bool = False):
     return contextlib.nullcontext()
 
 
-def _collate(batch):
+def collate(batch):
+    """(img1, img2, flow, valid or None) batch tensors of RAFT samples."""
     img1, img2, flow, valid = zip(*[(s[0], s[1], s[2], s[3] if len(s) > 3 else None) for s in batch])
     valid = None if valid[0] is None else torch.stack([torch.as_tensor(v).bool() for v in valid])
     return torch.stack(img1), torch.stack(img2), torch.stack(flow), valid
@@ -61,7 +62,7 @@ def evaluate(model, dataset, iters: int = 24, device="cpu", batch_size: int = 1,
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     shard = Subset(dataset, range(rank, len(dataset), world))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=0)
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
     was_training = model.training
     model.eval()
     metrics, samples = FlowMetrics(), []
@@ -99,6 +100,6 @@ def zero_flow_metrics(dataset, max_samples: int | None = None) -> dict:
     if max_samples is not None:
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
     metrics = FlowMetrics()
-    for img1, img2, flow, valid in DataLoader(dataset, batch_size=8, collate_fn=_collate):
+    for img1, img2, flow, valid in DataLoader(dataset, batch_size=8, collate_fn=collate):
         metrics.update(torch.zeros_like(flow), flow, valid)
     return metrics.compute()

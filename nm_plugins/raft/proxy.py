@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from nm_plugins.data import load_fashion_mnist
+from nm_plugins.runtime.project import project_root
 
 CACHE_VERSION = 2
-DEFAULT_CACHE_DIR = Path(os.environ.get("RAFT_PROXY_DIR", Path(__file__).resolve().parents[2] / "data" / "raft_proxy"))
+DEFAULT_CACHE_DIR = Path(os.environ.get("RAFT_PROXY_DIR", project_root() / "data" / "raft_proxy"))
 _SPLIT_SOURCE = {"train": "train", "val": "test"}  # val objects come from Fashion-MNIST's test split
 
 

@@ -40,8 +40,9 @@ from .evaluate import zero_flow_metrics
 from .datasets import val_set
 from .train import load_config, out_dir, run
 from .visualize import flow_grid_png
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_RUNS = (("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"))
 REAL_RUNS = (("dense", "2:4"), ("srste", "2:4"))
 PROXY_SEEDS, REAL_SEEDS = (0, 1, 2), (0,)
@@ -245,7 +246,14 @@ def markdown_table(runs: dict, baseline: dict | None, title: str, note: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    """Entry point of `make reproduce-raft` (see the module doc); a missing project folder: message and status 2."""
+    reproduce_parser(__doc__, "python -m nm_plugins.raft.reproduce").parse_args(argv)
+    try:
+        require_project(REPO)
+    except FileNotFoundError as e:
+        print(f"reproduce-raft: {e}", file=sys.stderr)
+        return 2
     smoke = os.environ.get("SMOKE", "0") not in ("", "0")
     start = time.time()
     real = available("chairs")
@@ -339,7 +347,6 @@ def main() -> int:
 def _claims(per_seed: dict, thresholds: Path) -> list:
     """The claims of a thresholds file judged on the per-seed values (ci/claims.py)."""
     from nm_plugins.runtime.config import load_yaml
-    sys.path.insert(0, str(REPO))
     from nm_plugins.verdicts.claims import evaluate_claims
     return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
 

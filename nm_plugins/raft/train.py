@@ -19,7 +19,6 @@ RAFT's update block).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -32,14 +31,15 @@ import yaml
 from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
-from nm_plugins.runtime.config import load_yaml
+from nm_plugins.runtime.cli import trainer_parser
+from nm_plugins.runtime.config import apply_override, load_yaml, merge_config
 from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
                                       shutdown_distributed)
 
 from .datasets import train_set, val_set
-from .evaluate import EVAL_ITERS, _collate, autocast, evaluate
+from .evaluate import EVAL_ITERS, autocast, collate, evaluate
 from .metrics import sequence_loss
 from .model import create
 
@@ -60,19 +60,6 @@ DEFAULTS = {
 OPEN_KEYS = ("data.proxy", "eval.iters")  # free-form mappings: any key, merged key by key
 
 
-def _merge(base: dict, extra: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        path = where + key
-        if key not in base and where.rstrip(".") not in OPEN_KEYS:
-            raise ValueError(f"unknown config key {path!r}: expected one of {', '.join(base)}")
-        if isinstance(base.get(key), dict) and isinstance(value, dict):
-            out[key] = _merge(base[key], value, path + ".")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
     """DEFAULTS updated by the YAML file at ``path``, then ``extra`` (a dict), then ``key.sub=value`` strings."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -80,20 +67,11 @@ def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"RAFT config {path} does not exist")
-        cfg = _merge(cfg, load_yaml(path.read_text()) or {})
+        cfg = merge_config(cfg, load_yaml(path.read_text()) or {}, open_keys=OPEN_KEYS)
     if extra:
-        cfg = _merge(cfg, extra)
+        cfg = merge_config(cfg, extra, open_keys=OPEN_KEYS)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key.sub=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node: dict = {}
-        leaf = node
-        parts = key.split(".")
-        for part in parts[:-1]:
-            leaf = leaf.setdefault(part, {})
-        leaf[parts[-1]] = load_yaml(value)
-        cfg = _merge(cfg, node)
+        cfg = apply_override(cfg, item, OPEN_KEYS)
     return cfg
 
 
@@ -187,13 +165,21 @@ def precision(cfg: dict, device) -> dict:
             "corr": "fp32" if cfg["train"]["corr_fp32"] or train == "fp32" else "autocast"}
 
 
-def _epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
+def epoch_indices(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list:
+    """This process's sample order for one epoch: a (seed, epoch) permutation, sharded, whole batches only."""
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
     per_rank = (n // world) // batch * batch
     if per_rank == 0:
         raise ValueError(f"training set of {n} samples is too small for batch {batch} on {world} processes")
     return perm[rank::world][:per_rank]
+
+
+def epoch_loader(dataset, batch: int, seed: int, epoch: int, dist_info, workers: int, offset: int = 0) -> DataLoader:
+    """The training DataLoader of one epoch for this process (see :func:`epoch_indices`), from batch ``offset`` on."""
+    indices = epoch_indices(len(dataset), batch, seed, epoch, dist_info.rank, dist_info.world_size)
+    return DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True, num_workers=workers,
+                      collate_fn=collate, pin_memory=dist_info.device.type == "cuda", persistent_workers=False)
 
 
 def validate(model, cfg: dict, device, keep: int = 0) -> dict:
@@ -286,10 +272,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     bar = tqdm(total=steps, initial=step, desc=f"raft {cfg['name']} {run_tag(cfg)}", disable=not main, mininterval=5)
     _train_mode(model, tcfg["freeze_bn"])
     while step < steps:
-        indices = _epoch_indices(len(dataset), batch, tcfg["seed"], epoch, dist_info.rank, dist_info.world_size)
-        loader = DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True,
-                            num_workers=dcfg["workers"], collate_fn=_collate, pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+        loader = epoch_loader(dataset, batch, tcfg["seed"], epoch, dist_info, dcfg["workers"], offset)
         batches = iter(loader)  # draws the loader's base seed from torch's RNG, a draw the checkpoint's state has seen
         if pending_rng is not None:
             set_rng_state(pending_rng)
@@ -351,13 +334,12 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config (see configs/raft/)")
-    parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pth when present")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config entry, e.g. --set model.method=ste (repeatable)")
+    """Command line: parse --config/--resume/overrides (``--set KEY=VALUE`` is one too), train, print the results."""
+    parser = trainer_parser(__doc__, "configs/raft/", "model.method=ste optim.steps=100", resume_from=False)
+    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override given as an option, e.g. --set model.method=ste (repeatable)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + args.set_overrides)
     results = run(cfg, resume=args.resume)
     if init_distributed(cfg["device"]).is_main:
         print(json.dumps({k: results[k] for k in ("tag", "steps", "train_time_s", "val", "params", "flops")}, indent=2))

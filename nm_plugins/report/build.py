@@ -51,7 +51,7 @@ def summary_rows(secs: list) -> list:
                       "cls": "ok" if met == total else "fail"}
         claims = {"text": "-"} if not j or not j["counts"] else \
             {"text": ", ".join(f"{n} {v}" for v, n in j["counts"].items()), "href": j["thresholds_href"],
-             "cls": "fail" if ("contradicted" in j["counts"] or "missing" in j["counts"]) else "ok"}
+             "cls": "fail" if j["failing"] else "ok"}
         rows.append({"id": s["id"], "group": s["group"], "title": s["title"], "status": status, "checks": checks,
                      "claims": claims, "command": s["command"]})
     return rows

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from nm_plugins.runtime.config import load_yaml as _yaml
+from nm_plugins.runtime.project import project_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # results/ and ci/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 NOT_RUN = "not run"
 NOT_RECORDED = "not recorded"
 INVALID = "unreadable"
@@ -117,26 +118,71 @@ def judge(results: dict, thresholds: Path, results_href: str, thresholds_href: s
                            else {"text": NOT_RUN, "cls": "notrun"}, text_cell(need),
                            {"text": "ok" if ok else "FAIL", "cls": "ok" if ok else "fail"}])
     claim_cells = []
-    for r in claim_rows:
-        interval = "-" if r["lo"] is None else f"[{r['lo']:+.4g}, {r['hi']:+.4g}]"
-        margin = f" (margin {r['margin']:g})" if r["kind"] == "equivalent" else ""
-        verdict = r["verdict"] + (f": {r['note']}" if r.get("note") else "")
-        claim_cells.append([text_cell(r["claim"] + margin), text_cell(r["a"]), text_cell(r["b"]), text_cell(r["metric"]),
-                            cell(r["mean"], results_href, f'per_seed["{r["a"]}"]["{r["metric"]}"] - per_seed["{r["b"]}"]'
-                                 f'["{r["metric"]}"]', "+.4g") if r["mean"] is not None else {"text": NOT_RUN, "cls": "notrun"},
-                            text_cell(interval), text_cell(str(r["n"])),
-                            {"text": verdict, "cls": "verdict-" + r["verdict"].replace(" ", "-")}])
+    for r, t in zip(claim_rows, claims_mod.table_rows(claim_rows)):
+        diff = (cell(r["mean"], results_href, f'per_seed["{r["a"]}"]["{r["metric"]}"] - per_seed["{r["b"]}"]'
+                     f'["{r["metric"]}"]', "+.4g") if r["mean"] is not None else {"text": NOT_RUN, "cls": "notrun"})
+        claim_cells.append([text_cell(r["claim"]), text_cell(r["a"]), text_cell(r["b"]), text_cell(r["metric"]),
+                            text_cell(t["rule"]), text_cell(t["smallest effect"]), diff, text_cell(t["95% interval"]),
+                            text_cell(t["seeds"]), text_cell(t["MDE (80%)"]), text_cell(t["seeds needed"]),
+                            text_cell(t["p"]), text_cell(t["Holm p"]),
+                            {"text": t["verdict"], "cls": "verdict-" + r["verdict"].replace(" ", "-")}])
     stored = {c.get("claim"): c.get("verdict") for c in results.get("claims", []) or [] if isinstance(c, dict)}
     stale = [f"{r['claim']}: stored '{stored[r['claim']]}', now '{r['verdict']}'" for r in claim_rows
              if r["claim"] in stored and stored[r["claim"]] != r["verdict"]]
-    counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in ("holds", "not significant", "contradicted", "missing")}
+    counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in claims_mod.VERDICTS}
     passed = sum(1 for *_, ok in checks if ok)
     return {"thresholds": thresholds.name, "thresholds_href": thresholds_href, "name": spec.get("name", ""),
             "description": spec.get("description", ""), "passed": passed, "total": len(checks),
             "checks": table(["check", "value", "required", "result"], check_rows) if check_rows else None,
-            "claims": table(["claim", "A", "B", "metric", "A - B (mean over seeds)", "95% t-interval", "seeds", "verdict"],
-                            claim_cells) if claim_cells else None,
-            "claim_rows": claim_rows, "counts": {k: v for k, v in counts.items() if v}, "stale": stale}
+            "claims": table(["claim", "A", "B", "metric", "rule", "smallest effect", "A - B (mean over seeds)",
+                             "95% t-interval", "seeds", "MDE (80% power)", "seeds needed", "p", "Holm p", "verdict"],
+                            claim_cells, note=CLAIMS_NOTE) if claim_cells else None,
+            "claim_rows": claim_rows, "counts": {k: v for k, v in counts.items() if v}, "stale": stale,
+            "failing": [r["claim"] for r in claims_mod.failed(claim_rows)], "can_tell": can_tell(claim_rows),
+            "sources": [(r["claim"], r["smallest_effect_source"]) for r in claim_rows]}
+
+
+CLAIMS_NOTE = ("rule: what A - B must do for the claim to hold; smallest effect: the smallest effect of interest, fixed in "
+               "the thresholds file before the run (its source under 'where the smallest effects come from'); MDE: the "
+               "smallest distance from the rule's boundary that these seeds detect at 80% power, from the paired SD; "
+               "seeds needed: the seeds that detect the smallest effect; p: paired t-test against the boundary; Holm p: "
+               "adjusted over the claims of this file. CI fails on a contradicted claim only when its Holm p < 0.05.")
+
+
+def _names(rows: list) -> str:
+    return "; ".join(f"'{r['claim']}'" for r in rows)
+
+
+def can_tell(rows: list) -> list:
+    """Sentences, computed from the verdicts and minimum detectable effects, on what this run can and cannot tell
+    about the paper's claims."""
+    from nm_plugins.verdicts import claims as V
+    by = {v: [r for r in rows if r["verdict"] == v] for v in V.VERDICTS}
+    judged = [r for r in rows if r["verdict"] not in (V.MISSING, V.INVALID, V.SINGLE_RUN)]
+    out = []
+    decided = by[V.HOLDS] + by[V.CONTRADICTED] + by[V.BELOW_SESOI]
+    if judged:
+        out.append(f"This run decides {len(decided)} of its {len(rows)} claims" + (": " + "; ".join(
+            f"'{r['claim']}' {r['verdict']}" + (" (not after Holm adjustment)" if r["verdict"] in (V.HOLDS, V.CONTRADICTED)
+                                                 and r["p_holm"] is not None and r["p_holm"] >= V.ALPHA else "")
+            for r in decided) if decided else "") + ".")
+    if by[V.BELOW_SESOI]:
+        out.append("Where it rules out the claimed effect: " + "; ".join(
+            f"'{r['claim']}': the whole interval [{r['lo']:+.3g}, {r['hi']:+.3g}] lies within the smallest effect of "
+            f"interest {r['smallest_effect']:.3g} of the boundary" for r in by[V.BELOW_SESOI]) + ".")
+    if by[V.UNDERPOWERED]:
+        out.append("It cannot tell: " + "; ".join(
+            f"'{r['claim']}' (detects {r['mde']:.3g} at {r['n']} seeds, the smallest effect of interest is "
+            f"{r['smallest_effect']:.3g}: {r['seeds_needed']} seeds would)" for r in by[V.UNDERPOWERED]) + ".")
+    if by[V.NOT_SIGNIFICANT]:
+        out.append("Enough seeds to detect the smallest effect, still undecided (the estimate sits near the boundary): "
+                   + _names(by[V.NOT_SIGNIFICANT]) + ".")
+    if by[V.SINGLE_RUN]:
+        out.append("One seed: nothing judged for " + _names(by[V.SINGLE_RUN]) + "; a second seed gives an interval.")
+    for v in (V.INVALID, V.MISSING):
+        if by[v]:
+            out.append(f"{v.capitalize()}: " + "; ".join(f"'{r['claim']}' ({r['note']})" for r in by[v]) + ".")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ environment

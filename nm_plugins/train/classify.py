@@ -12,7 +12,6 @@ tb/ (loss, top-1/5, lr, SAD per layer and model, throughput) and summary.json (f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -30,6 +29,7 @@ from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
 from nm_plugins.timm import asp_prune, create_model
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
+from nm_plugins.runtime.cli import trainer_parser
 from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
@@ -270,11 +270,8 @@ def _is_best(history: list, first_sparse_epoch: int = 0) -> bool:
 
 def main(argv=None) -> int:
     """Command line: parse --config/--resume/overrides, train, print the summary (rank 0)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config (see configs/imagenet/ and configs/imagenet_proxy/)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
-    parser.add_argument("--resume-from", metavar="CHECKPOINT", default=None, help="continue from this checkpoint file")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.epochs=2 data.root=/data/imagenet")
+    parser = trainer_parser(__doc__, "configs/imagenet/ and configs/imagenet_proxy/",
+                            "optim.epochs=2 data.root=/data/imagenet")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     summary = run(cfg, resume=args.resume_from or args.resume)

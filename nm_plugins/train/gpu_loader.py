@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torchvision import datasets
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from nm_plugins.train.imagenet import (IMAGENET_LAYOUT, IMAGENET_MEAN, IMAGENET_STD, Lighting, UnreadableImageError,
+                                     _ShardSampler)
+
 SCALE, RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)
 
 
@@ -97,7 +100,6 @@ def collate_bytes(batch):
 def decode_batch(data: list, paths: list, device: torch.device, skip_bad: bool):
     """Decode a batch on ``device``: (list of uint8 [3, H, W], kept indices). A file neither decoder reads
     raises UnreadableImageError naming it, or is dropped when ``skip_bad``."""
-    from nm_plugins.train.data import UnreadableImageError
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device), list(range(len(data)))
     except Exception:  # a file nvJPEG/libjpeg refuses: decode one by one to find it
@@ -123,7 +125,6 @@ class DeviceAugment:
     normalised (train: random crop, flip, lighting; val: resize + centre crop)."""
 
     def __init__(self, img_size: int, train: bool, mean, std):
-        from nm_plugins.train.data import Lighting
         self.size, self.train = img_size, train
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
         self.eigval, self.eigvec, self.light_std = Lighting.EIGVAL, Lighting.EIGVEC, 0.1
@@ -156,7 +157,6 @@ class DeviceImageNetLoader:
     sharding, (seed, epoch) order and batch size as ``ImageNetLoader``; batches come out on ``device``."""
 
     def __init__(self, cfg: dict, split: str, rank: int, world: int, seed: int, device, pin_memory: bool = False):
-        from nm_plugins.train.data import IMAGENET_LAYOUT, IMAGENET_MEAN, IMAGENET_STD, _ShardSampler
         root = Path(cfg["root"])
         self.train = split == "train"
         self.device = torch.device(device)

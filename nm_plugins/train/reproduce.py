@@ -30,9 +30,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nm_plugins.runtime.results import append_text
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.reproduce import claim_rows, run_check, select_configs, write_claims  # noqa: F401 (used here and by tests)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_CONFIG = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"
 IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
 # (method, pattern, extra overrides, row label suffix): the paper's grid with its lambda_W = 2e-4, plus one
@@ -68,23 +69,6 @@ def _env_int(name: str, default: int) -> int:
 
 def _runs_root() -> Path:
     return Path(os.environ.get("RUNS_DIR") or REPO / "runs")
-
-
-def run_check(results_json: Path, thresholds: Path) -> int:
-    """Print the threshold table of ci.check, append it to results.md next to results.json; its exit status."""
-    import contextlib
-    import io
-    sys.path.insert(0, str(REPO))
-    from nm_plugins.verdicts.check import main as check_main
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = check_main([str(results_json), str(thresholds)])
-    print(out.getvalue(), end="")
-    md = results_json.with_name("results.md")
-    if md.is_file():
-        text = out.getvalue().replace(str(REPO) + "/", "")
-        append_text(md, f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
-    return status
 
 
 # ----------------------------------------------------------------------------------------------- proxy
@@ -163,23 +147,6 @@ def per_seed_values(summaries: list, with_model: bool = False) -> dict:
     return out
 
 
-def claim_rows(per_seed: dict, thresholds: Path) -> list:
-    """The paper's claims of a thresholds file evaluated on per-seed values (ci/claims.py)."""
-    from nm_plugins.runtime.config import load_yaml
-    sys.path.insert(0, str(REPO))
-    from nm_plugins.verdicts.claims import evaluate_claims
-    return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
-
-
-def write_claims(rows: list, results_dir: Path) -> list:
-    """Append the claims table to results.md and draw claims.png; the plot paths (none without claims)."""
-    if not rows:
-        return []
-    from nm_plugins.verdicts.claims import markdown_claims, plot_claims
-    md = results_dir / "results.md"
-    append_text(md, "\n## Paper claims: paired differences over seeds (same seed = same init and "
-                  "data order), 95% t-interval\n\n" + markdown_claims(rows))
-    return [plot_claims(rows, results_dir / "claims.png")]
 
 
 # -------------------------------------------------------------------------------------------- ImageNet
@@ -223,18 +190,6 @@ def imagenet_seeds() -> tuple:
         raise SystemExit(f"reproduce: IMAGENET_SEEDS={raw!r}: expected distinct integers >= 0")
     return seeds
 
-
-def select_configs(rows: list, env: str, prog: str) -> list:
-    """``rows`` (config paths), or those the comma-separated names in environment variable ``env`` select, in that
-    order; an unknown name stops ``prog`` with the known ones."""
-    wanted = [w.strip() for w in os.environ.get(env, "").split(",") if w.strip()]
-    if not wanted:
-        return rows
-    names = {p.stem: p for p in rows}
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        raise SystemExit(f"{prog}: {env} names unknown configs {missing}; known: {sorted(names)}")
-    return [names[w] for w in wanted]
 
 
 def imagenet_rows() -> list:
@@ -294,14 +249,16 @@ def reproduce_imagenet(root: str, smoke: bool, results_dir: Path) -> int:
     return run_check(paths["json"], thresholds)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Entry point of `make reproduce-imagenet`: the ImageNet table with IMAGENET_ROOT, else the proxy."""
+    reproduce_parser(__doc__, "python -m nm_plugins.train.reproduce").parse_args(argv)
     smoke = _env_flag("SMOKE")
     root = os.environ.get("IMAGENET_ROOT", "").strip()
     default_dir = ("runs/imagenet" if root else "runs/imagenet-proxy") + "-smoke" if smoke else \
         ("results/imagenet" if root else "results/imagenet-proxy")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default_dir)
     try:
+        require_project(REPO)
         if root:
             return reproduce_imagenet(root, smoke, results_dir)
         return reproduce_proxy(smoke, results_dir)

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 from nm_plugins.runtime.grid import only, run_or_reuse
+from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
 from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_catalogs_en_de.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
 PROXY_GRID = [("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"), ("srste", "4:8")]
@@ -108,7 +109,7 @@ def per_seed_values(summaries: list) -> dict:
 
 def finish(results: dict, results_dir: Path, thresholds: Path) -> int:
     """The paper's claims on the per-seed values (ci/claims.py), results.json/md and plots written, then ci.check."""
-    from nm_plugins.train.reproduce import claim_rows, write_claims
+    from nm_plugins.runtime.reproduce import claim_rows, write_claims
     results["claims"] = claim_rows(results["per_seed"], thresholds)
     paths = write_results(results, results_dir)
     write_claims(results["claims"], results_dir)
@@ -205,7 +206,7 @@ def _plot(results: dict, path: Path) -> None:
 
 def run_check(results_json: Path, thresholds: Path) -> int:
     """ci.check on the results; the table is printed and appended to results.md; its exit status."""
-    from nm_plugins.train.reproduce import run_check as check
+    from nm_plugins.runtime.reproduce import run_check as check
     return check(results_json, thresholds)
 
 
@@ -295,7 +296,7 @@ def proxy_results(summaries: list, smoke: bool, results_dir: Path, timing: dict)
 
 def wmt_rows() -> list:
     """configs/translation/wmt14_en_de_*.yaml to run (WMT_ROWS selects some by name)."""
-    from nm_plugins.train.reproduce import select_configs
+    from nm_plugins.runtime.reproduce import select_configs
     rows = [r for r in sorted(WMT_CONFIGS.glob("wmt14_en_de_*.yaml")) if r.stem != "wmt14_en_de_base"]
     return select_configs(rows, "WMT_ROWS", "reproduce-translation")
 
@@ -337,14 +338,16 @@ def reproduce_wmt(root: str, smoke: bool, results_dir: Path) -> int:
     return finish(results, results_dir, REPO / "ci" / "thresholds" / "translation.yaml")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     """Entry point of `make reproduce-translation`: the WMT rows with WMT_ROOT, else the proxy."""
+    reproduce_parser(__doc__, "python -m nm_plugins.translation.reproduce").parse_args(argv)
     smoke = _env_flag("SMOKE")
     root = os.environ.get("WMT_ROOT", "").strip()
     default = ("runs/translation" if root else "runs/translation-proxy") + "-smoke" if smoke else \
         ("results/translation" if root else "results/translation-proxy")
     results_dir = Path(os.environ.get("RESULTS_DIR") or REPO / default)
     try:
+        require_project(REPO)
         return reproduce_wmt(root, smoke, results_dir) if root else reproduce_proxy(smoke, results_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"reproduce-translation: {e}", file=sys.stderr)

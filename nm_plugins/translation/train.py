@@ -13,7 +13,6 @@ tokenized BLEU with sacrebleu signatures, Params, FLOPs, SAD). Test decoding run
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import gzip
@@ -31,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
+from nm_plugins.runtime.cli import trainer_parser
 from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
@@ -42,8 +42,9 @@ from .metrics import translation_scores
 from .model import PAD, build_model
 from .search import beam_search, greedy
 from .vocab import train_vocab
+from nm_plugins.runtime.project import project_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = project_root()  # relative cache_dir is under the project folder (nm_plugins.runtime.project)
 
 
 def inverse_sqrt(step: int, warmup: int) -> float:
@@ -319,11 +320,7 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
 
 def main(argv=None) -> int:
     """Command line: parse --config/--resume/overrides, train, print the summary and sacrebleu signature (rank 0)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config (see configs/translation/)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
-    parser.add_argument("--resume-from", metavar="CHECKPOINT", default=None, help="continue from this checkpoint file")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.max_steps=100 data.root=/data/wmt14")
+    parser = trainer_parser(__doc__, "configs/translation/", "optim.max_steps=100 data.root=/data/wmt14")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     summary = run(cfg, resume=args.resume_from or args.resume)

@@ -17,14 +17,17 @@ the results fails its check. Checks are for regressions against committed figure
 masks, parameter ratios), not for the paper's claims.
 
 The paper's claims go under ``claims:`` and are judged on the results' per-seed values (``"per_seed":
-{row: {metric: {seed: value}}}``) by paired differences with a 95% t-interval (nm_plugins/verdicts/claims.py):
+{row: {metric: {seed: value}}}``) by paired differences with a 95% t-interval, the power of the seeds run and a
+Holm adjustment over the file's claims (nm_plugins/verdicts/claims.py, whose docstring is the schema):
 
     claims:
-      - {claim: "SR-STE > STE at 2:4", a: "srste_2:4", b: "ste_2:4", metric: top1, kind: greater}
-      - {claim: "SAD(SR-STE) < SAD(STE)", a: "srste_2:4", b: "ste_2:4", metric: sad, kind: less}
-      - {claim: "2:4 ~ dense", a: "srste_2:4", b: "dense", metric: top1, kind: equivalent, margin: 0.3}
+      - {claim: "SR-STE > STE at 2:4", a: "srste_2:4", b: "ste_2:4", metric: top1, kind: greater,
+         smallest_effect: 0.3, smallest_effect_source: "a published gap / a stated tolerance / a fraction, why"}
+      - {claim: "2:4 ~ dense", a: "srste_2:4", b: "dense", metric: top1, kind: noninferior, better: higher,
+         smallest_effect_rel: 0.01, reference: {value: 77.3, source: "paper_tables.yaml"}, smallest_effect_source: "..."}
 
-A claim that is contradicted (or has no per-seed values) fails; "not significant" is reported, not failed.
+A claim fails when it is invalid (a NaN/inf per-seed value: the message names the run), missing, or
+contradicted after the Holm adjustment; every other verdict is reported, not failed.
 """
 from __future__ import annotations
 
@@ -116,11 +119,13 @@ def main(argv=None) -> int:
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; {len(failed)} FELL SHORT" if failed else ""))
     bad_claims = claims_mod.failed(claim_rows)
     if claim_rows:
-        print("\nPaper claims (paired differences over seeds, 95% t-interval):")
+        print("\nPaper claims (paired differences over seeds, 95% t-interval, power 80%, Holm-adjusted p):")
         print(claims_mod.format_claims(claim_rows))
-        counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in
-                  (claims_mod.HOLDS, claims_mod.NOT_SIGNIFICANT, claims_mod.CONTRADICTED, "missing")}
+        counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in claims_mod.VERDICTS}
         print(", ".join(f"{n} {v}" for v, n in counts.items() if n) + (f"; {len(bad_claims)} FAIL" if bad_claims else ""))
+    for r in bad_claims:
+        why = r["note"] if r["verdict"] != claims_mod.CONTRADICTED else f"Holm-adjusted p {r['p_holm']:.3g}"
+        print(f"FAIL: {r['claim']}: {r['verdict']}: {why}", file=sys.stderr)
     return 1 if failed or bad_claims else 0
 
 
