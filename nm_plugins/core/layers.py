@@ -196,6 +196,11 @@ class SparseMixin:
         """The masked weight as recording tools see it: the operator (plain PyTorch operations under ONNX export)."""
         if self.method == "dense":
             return self.weight
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            watch = self.__dict__.get("_nm_watch")
+            if watch is not None and watch.pending:  # see sparsify: the model was never checked
+                from .sparsify import UNCHECKED_FX
+                raise ValueError(f"{UNCHECKED_FX} (N:M layer {self!r})")
         if torch.onnx.is_in_onnx_export():
             return export_masked_weight(self)
         return masked_weight_op(self)
