@@ -2,7 +2,6 @@
 torch.export, torch.compile (training and evaluation, no graph break at N:M layers), FX symbolic tracing (timm's
 FeatureGraphNet, torchvision's create_feature_extractor) give the eager model's output; torch.jit.script refuses
 naming the layer and export_dense."""
-import io
 import warnings
 
 import pytest

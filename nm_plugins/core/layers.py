@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .decay import mark_pending
 from .mask import check_groupable, check_grouping, is_valid_nm_mask, kernel_mask_call, masked_grad, nm_mask
-from .op import is_recording, masked_weight_op, register_layer, export_masked_weight
+from .op import UNCHECKED_FX, export_masked_weight, is_recording, masked_weight_op, register_layer
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
@@ -199,7 +199,6 @@ class SparseMixin:
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
             watch = self.__dict__.get("_nm_watch")
             if watch is not None and watch.pending:  # see sparsify: the model was never checked
-                from .sparsify import UNCHECKED_FX
                 raise ValueError(f"{UNCHECKED_FX} (N:M layer {self!r})")
         if torch.onnx.is_in_onnx_export():
             return export_masked_weight(self)

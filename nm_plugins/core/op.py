@@ -7,7 +7,7 @@ symbolic tracing — the layer's forward calls :func:`masked_weight_op` instead:
 kernel and whose CUDA kernel is Triton (both through :func:`nm_plugins.core.mask.nm_mask`). Its backward is a
 second operator that does the layer's bookkeeping when it runs (the SR-STE decay owed at ``optimizer.step``, the
 direct-read guard), so a compiled training step is the eager one. Under ONNX export the mask is written with
-plain PyTorch operations (:func:`torch_masked_weight`), which both ONNX exporters translate.
+plain PyTorch operations or as a constant (:func:`export_masked_weight`), which the ONNX exporters translate.
 """
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ import torch
 
 from .mask import from_flat_groups, from_groups, group_topn, nm_mask, to_flat_groups, to_groups
 from .pattern import NMPattern
+
+UNCHECKED_FX = ("this model was made N:M by sparsify() without a probe forward, and an FX symbolic trace cannot show "
+                "whether the model reads an N:M layer's weight outside the layer's forward (it would record the dense "
+                "weight): call the model once on a real input first, or pass example_inputs= to sparsify")
 
 _LAYERS: dict = {}  # op id -> weakref of the layer (the backward's bookkeeping)
 _IDS = itertools.count(1)

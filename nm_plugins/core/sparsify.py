@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from .layers import DECAY_MODES, DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
 from .mask import partial_group_size
+from .op import UNCHECKED_FX
 from .pattern import NMPattern
 
 
@@ -422,11 +423,6 @@ class FirstForwardWatch:
 
     def __init__(self):
         self.pending = True
-
-
-UNCHECKED_FX = ("this model was made N:M by sparsify() without a probe forward, and an FX symbolic trace cannot show "
-                "whether the model reads an N:M layer's weight outside the layer's forward (it would record the dense "
-                "weight): call the model once on a real input first, or pass example_inputs= to sparsify")
 
 
 def _watch_first_forward(model: nn.Module, watch: bool) -> None:

@@ -33,7 +33,6 @@ BASES = {
     "resnet50x1_25": ("resnet50x1_25", {}),
     "resnet18": ("resnet18", {}),
 }
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 # stem=: dense (default), nm (the core's channel groups, the last one zero-padded), authors (their flattened groups)
 STEMS = ("dense", "nm", "authors")
 AUTHORS_STEM_NOTE = "stem N:M in the authors' grouping: M consecutive weights of [out, kh, kw, in]"
