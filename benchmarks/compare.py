@@ -109,11 +109,11 @@ def format_rows(rows: list) -> str:
 
 def accept(current_path: Path, baseline_path: Path, ratios: dict, data: dict) -> None:
     """Write CURRENT's compared ratios as the new baseline (with the GPU, versions and source named)."""
-    baseline_path.parent.mkdir(parents=True, exist_ok=True)
     record = {"gpu": gpu_of(data), "env": data.get("env") or data.get("machine_info", {}).get("cpu", {}),
               "source": str(current_path), "accepted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "metrics": ratios}
-    baseline_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    from nm_plugins.runtime.results import write_json
+    write_json(baseline_path, record, sort_keys=True, ensure_ascii=True, default=None)
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from nm_plugins.runtime.results import write_results_json, write_text
+
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = ("classify", "mmdet", "raft")
 METHODS = ("dense", "srste")
@@ -430,8 +432,8 @@ def _worker(args) -> int:
         slug = gpu_slug(results["env"]["gpu"]) + ("_toy" if toy else "")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{slug}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-        (out / f"{slug}.md").write_text(markdown(results))
+        write_results_json(out / f"{slug}.json", results, default=str, ensure_ascii=True)
+        write_text(out / f"{slug}.md", markdown(results))
         print(markdown(results))
         print(f"wrote {out / (slug + '.json')} and {out / (slug + '.md')}")
     if info.world_size > 1:

@@ -15,7 +15,6 @@ Writes ``<out>/<gpu or cpu>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from nm_plugins.runtime.results import write_results_json, write_text
 
 
 def write_imagenet_jpegs(root: Path, images: int, classes: int = 8, sizes=((375, 500), (500, 375)), val: int = 0,
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
     out["metrics"] = {f"loader/{r['decode']}_decode/w{r['workers']}/images_per_s": r["images_per_s"] for r in out["runs"]}
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"{slug}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (dest / f"{slug}.md").write_text(markdown(out))
+    write_results_json(dest / f"{slug}.json", out, ensure_ascii=True)
+    write_text(dest / f"{slug}.md", markdown(out))
     print(markdown(out))
     print(f"wrote {dest / (slug + '.json')} and {dest / (slug + '.md')}")
     return 0

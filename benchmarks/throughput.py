@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from benchmarks.reference import argsort_nm_mask
 from nm_plugins import export_dense, nm_mask, sparsify, to_semi_structured
 from nm_plugins.core.fast_inference import CudaGraphModule, time_ms, to_fast_semi_structured
+from nm_plugins.runtime.results import write_results_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 # (name, method of sparsify): every variant trains through the same layers, whatever the device
@@ -498,10 +499,8 @@ def write(results: dict, out_dir: Path, slug: str) -> Path:
     results["metrics"] = flatten_metrics(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{slug}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)
-    (out_dir / f"{slug}.md").write_text(markdown(results))
+    write_results_json(path, results, default=str, ensure_ascii=True)
+    write_text(out_dir / f"{slug}.md", markdown(results))
     return path
 
 
@@ -538,7 +537,7 @@ def main(argv=None) -> int:
         res["metrics"].update({f"cpu/train_resnet18/{k}": v for k, v in res["cpu"]["train_resnet18"].items()
                                if isinstance(v, (int, float))})
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "cpu.json").write_text(json.dumps(res, indent=1))
+        write_results_json(out_dir / "cpu.json", res, ensure_ascii=True)
         for k, v in res["metrics"].items():
             print(f"  {k:45s} {v:.4g}")
         print(f"wrote {out_dir / 'cpu.json'}")

@@ -72,7 +72,8 @@ def test_recorded_precision_on_cuda_ignores_amp_cpu():
     assert precision(authors, "cuda") == precision(authors, "cpu") == {"train": "fp32", "eval": "fp32", "corr": "fp32"}
 
 
-def test_reproduce_precision_and_rows_reach_every_run(monkeypatch):
+def test_reproduce_precision_and_rows_reach_every_run(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the run folders (and their grid records) of the fake runs go here
     monkeypatch.setenv("RAFT_ROWS", "srste_2:4,dense")
     assert raft_reproduce._rows(raft_reproduce.PROXY_RUNS) == (("dense", "2:4"), ("srste", "2:4"))  # table order
     monkeypatch.setenv("RAFT_ROWS", "srste_2x4")

@@ -73,9 +73,9 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     assert resumed["steps"] == 3
     a = torch.load(tmp_path / "a" / "runs" / "srste_2x4" / "final.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "runs" / "srste_2x4" / "final.pth", weights_only=True)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-    assert resumed["val"]["proxy"]["epe"] == pytest.approx(straight["val"]["proxy"]["epe"], rel=1e-4)
+    for key in a:  # bit-identical: the resumed loader's base-seed draw does not shift the augmentation RNG
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["val"]["proxy"]["epe"] == straight["val"]["proxy"]["epe"]
 
 
 def test_config_errors_name_the_key(tmp_path):

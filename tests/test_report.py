@@ -223,8 +223,8 @@ def test_a_changed_number_changes_the_page(committed, tmp_path):
     assert "srste_2:4/bleu_mean 0.04242" in t1 and "0.04242" not in t0  # all metrics
     assert f"{n_checks} of {n_checks} checks passed" in t0 and f"{n_checks - 1} of {n_checks} checks passed" in t1
     i0, i1 = section_text(before, "imagenet-proxy"), section_text(after, "imagenet-proxy")
-    assert re.search(r"SR-STE beats STE at 2:4 .*?not significant", i0)
-    assert re.search(r"SR-STE beats STE at 2:4 srste_2:4 ste_2:4 top1 \+1\.02 .*?holds", i1)
+    assert re.search(r"SR-STE beats STE at 2:4 .*?effect below the smallest effect of interest", i0)
+    assert re.search(r"SR-STE beats STE at 2:4 srste_2:4 ste_2:4 top1 A - B > 0 0\.3 \+1\.02 .*?holds", i1)
     assert "Stored verdict differs" in i1 and "Stored verdict differs" not in i0
 
 
@@ -255,11 +255,22 @@ def test_report_imports_no_other_adapter():
 def test_chromium_renders_every_section_and_a_screenshot(committed, tmp_path):
     from PIL import Image
     out, _, _ = committed
-    page = parse(browser.dump_dom(out))
+    dom = browser.dump_dom(out)
+    page = parse(dom)
     expected = expected_sections(RESULTS)
-    assert set(page.sections) == set(expected)
+    assert set(page.sections) == set(expected) and "raft-proxy-bf16" in page.sections
     for sid, present in expected.items():
         assert ("table" in page.sections[sid]["tags"]) == present, sid
+    # issue 20: every claims table has the smallest effect, MDE, Holm p and verdict columns, and every judged
+    # experiment says what its run can and cannot tell
+    heads = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<thead>(.*?)</thead>", dom, re.S)]
+    claim_heads = [h for h in heads if "Holm p" in h]
+    assert len(claim_heads) >= 6, heads
+    for h in claim_heads:
+        for col in ("smallest effect", "MDE (80% power)", "seeds needed", "Holm p", "verdict"):
+            assert col in h, (col, h)
+    for sid in ("imagenet-proxy", "coco-det-proxy", "raft-proxy", "raft-proxy-bf16"):
+        assert "What this run can and cannot tell." in section_text(page, sid), sid
     assert sum(t == "img" for t, _ in page.elements) >= 10
     png = browser.screenshot(out, tmp_path / "top.png", width=1280, height=1000)
     with Image.open(png) as im:
@@ -311,5 +322,7 @@ def test_real_imagenet_rows_replace_the_proxy_and_gpu_smoke_files_get_sections(t
 def test_bad_results_json_is_named(tmp_path):
     results = copy_results(tmp_path)
     (results / "raft-proxy" / "results.json").write_text("{not json")
-    with pytest.raises(ValueError, match="raft-proxy/results.json is not valid JSON"):
-        build_report(results)
+    problems: list = []
+    html = build_report(results, problems=problems).read_text()  # the page is written around the bad file
+    assert len(problems) == 1 and "raft-proxy/results.json is not valid JSON" in problems[0]
+    assert 'id="raft-proxy" data-status="unreadable"' in html and "raft-proxy/results.json is not valid JSON" in html

@@ -29,7 +29,6 @@ check against ``ci/thresholds/coco_{det,seg}[_proxy][_smoke].yaml`` and exits wi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -39,9 +38,12 @@ import time
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from nm_plugins.core import sparse_layers
+from nm_plugins.runtime.grid import run_or_reuse
+from nm_plugins.runtime.results import read_json, save_figure, write_results_json, write_text
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)
 
@@ -176,11 +178,8 @@ def cfg_options_from_env(env=None) -> dict:
 
 def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: bool, out_root: Path,
             launcher: str, seed: int = 0) -> dict:
-    """Train and evaluate one grid row with one seed; returns its metrics (mAP in percent, counts, SAD, time)."""
-    from nm_plugins.mmdet.flops import count_detector
-    from nm_plugins.mmdet.hook import NMSparsityHook
-    from nm_plugins.mmdet.train import build_runner
-
+    """Train and evaluate one grid row with one seed, or reuse it when its work dir finished the same run before
+    (nm_plugins.runtime.grid); returns its metrics (mAP in percent, counts, SAD, time) and masks digest."""
     name = row_name(method, pattern)
     options = {}
     if smoke:
@@ -194,6 +193,21 @@ def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: boo
     config = config_path(task, method, pattern, proxy)
     work_dir = Path(os.environ.get("WORK_DIRS") or "work_dirs") / out_root.name / name.replace(":", "-") / f"s{seed}"
     print(f"{name}, seed {seed}: {config} -> {work_dir}", flush=True)
+    resolved = Config.fromfile(str(config))
+    resolved.merge_from_dict(options)
+    # checkpoint=None: mmengine's resume restores no RNG state, so an interrupted row trains again from its start
+    # (same seed: the same numbers) instead of resuming an epoch checkpoint into different ones.
+    return run_or_reuse(work_dir, f"{name} seed {seed}", {"config": resolved.to_dict(), "work_dir": str(work_dir)},
+                        lambda resume: _train_row(name, seed, config, options, work_dir, proxy, launcher))
+
+
+def _train_row(name: str, seed: int, config: Path, options: dict, work_dir: Path, proxy: bool, launcher: str) -> dict:
+    """Train and evaluate one row with one seed from scratch (see :func:`run_row`)."""
+    from nm_plugins.mmdet.flops import count_detector
+    from nm_plugins.mmdet.hook import NMSparsityHook
+    from nm_plugins.mmdet.train import build_runner
+    from nm_plugins.runtime.training import masks_digest
+
     start = time.time()
     runner = build_runner(str(config), options, str(work_dir), launcher)
     capture = _ValMetrics()
@@ -217,7 +231,8 @@ def run_row(task: str, method: str, pattern: str | None, proxy: bool, smoke: boo
         metrics["mask_mAP"] = 100 * val["coco/segm_mAP"]
         metrics["mask_mAP50"] = 100 * val["coco/segm_mAP_50"]
     metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.method != "dense")
-    return {"name": name, "seed": seed, "config": str(config), "work_dir": str(work_dir), "metrics": metrics}
+    return {"name": name, "seed": seed, "config": str(config), "work_dir": str(work_dir), "metrics": metrics,
+            "masks_sha": masks_digest(model)}
 
 
 def aggregate(runs: list) -> "tuple[list, dict]":
@@ -275,7 +290,7 @@ def plot_rows(task: str, rows: list, per_seed: dict, path: Path) -> Path:
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.set_title(f"{metric.replace('_', ' ')}: mean (bar) and seeds (points)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -347,7 +362,7 @@ def main(argv=None) -> int:
             path = Path(args.from_results)
             if not path.is_file():
                 raise FileNotFoundError(f"--from-results: {path} does not exist")
-            result = json.loads(path.read_text())
+            result = read_json(path)
             if result.get("task") != args.task or "per_seed" not in result:
                 raise ValueError(f"--from-results: {path} is not a per-seed {args.task} result")
             return finish(result, path.parent)
@@ -408,7 +423,7 @@ def finish(result: dict, out: Path) -> int:
     result["metrics"] = flat
     result["claims"] = claim_rows(result["per_seed"], thresholds)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    write_results_json(out / "results.json", result, indent=2, ensure_ascii=True)
     table = markdown(task, rows, result["proxy"], result["smoke"], per_seed=result["per_seed"])
     load, machine = result.get("load_average", {}), result.get("machine", {})
     table += (f"\nRun: seeds {result['seeds']}, {len(result.get('runs', []))} trainings in "
@@ -425,12 +440,12 @@ def finish(result: dict, out: Path) -> int:
     print(table, flush=True)
     if not result.get("full_grid", True):
         print(f"COCO_ROWS selects {len(rows)} of {len(GRID[task])} rows: no threshold check", flush=True)
-        (out / "results.md").write_text(table)
+        write_text(out / "results.md", table)
         return 0
     check = subprocess.run([sys.executable, "-m", "nm_plugins.verdicts.check", str(out / "results.json"), str(thresholds)],
                            capture_output=True, text=True)
     print(check.stdout + check.stderr, end="", flush=True)
-    (out / "results.md").write_text(table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"
+    write_text(out / "results.md", table + f"\n## Threshold check (exit status {check.returncode})\n\n```\n"
                                     f"{check.stdout}{check.stderr}```\n")
     return check.returncode
 

@@ -17,11 +17,12 @@ threshold check then only runs when every row is there); ``RAFT_PRECISION=bf16``
 autocast on the CPU (``train.amp_cpu``; the correlation as the config sets it, in bf16 like chairs.yaml),
 ``bf16-corr32`` with the correlation volume in fp32 (``train.corr_fp32``), into run folders named
 ``proxy-<precision>`` and results/raft-proxy-bf16[/corr_fp32]/, with the paired difference to the committed fp32
-run (results/raft-proxy/results.json) per row and seed.
+run (results/raft-proxy/results.json) per row and seed. ``RESULTS_DIR`` replaces the results folder. Run folders
+(configs/raft/*.yaml ``out_dir``, relative to the working directory) are reused when finished and resumed from
+their last checkpoint when interrupted (nm_plugins.runtime.grid).
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -30,6 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from nm_plugins.runtime.grid import run_or_reuse
+from nm_plugins.runtime.results import read_json, write_results_json, write_text
 
 from .datasets import available
 from .evaluate import zero_flow_metrics
@@ -111,7 +115,7 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
     for seed in seeds:
         out = by_seed[seed] = {}
         for method, pattern in stage_configs["runs"]:
-            weights, stages = None, {}
+            weights, stages, previous = None, {}, None
             for stage in stage_configs["stages"]:
                 extra = {"model": {"method": method, "pattern": pattern, "weights": weights},
                          "eval": {"sets": stage_configs["eval_sets"], "keep": keep},
@@ -122,7 +126,19 @@ def _run_all(stage_configs, smoke_extra: dict | None, keep: int, seeds=(0,)) -> 
                 if smoke_extra:
                     cfg = _deep_update(cfg, smoke_extra)
                     cfg["name"] += "-smoke"
-                res = run(cfg, resume=not smoke_extra, keep_samples=keep)  # full runs continue after a crash
+                samples = {}
+
+                def train(resume: bool) -> dict:
+                    res = run(cfg, resume=resume, keep_samples=keep)  # resumes last.pth when it has this config
+                    samples["val"] = res.pop("samples", {})  # tensors: not part of the stored summary
+                    return res
+                res = run_or_reuse(out_dir(cfg), str(out_dir(cfg)), {"stage": cfg, "after": previous}, train,
+                                   checkpoint=out_dir(cfg) / "last.pth")
+                previous = {"stage": cfg, "after": previous}  # the next stage's key: the chain that made its weights
+                if seed == seeds[0] and stage == stage_configs["stages"][-1] and "val" not in samples:
+                    # a reused run: its final checkpoint predicts them again (resumed at its last step, run evaluates)
+                    samples["val"] = run(cfg, resume=True, keep_samples=keep)["samples"]
+                res = {**res, "samples": samples.get("val", {})}
                 stages[stage] = res["val"]
                 weights = str(out_dir(cfg) / "final.pth")
             res["stages"], res["seed"] = stages, seed
@@ -267,6 +283,7 @@ def main() -> int:
                 "order); EPE on the proxy validation split (valid pixels). The first table is seed "
                 f"{seeds[0]}; metrics in results.json are means over the seeds.")
         print("no CHAIRS_ROOT: running the embedded synthetic proxy" + (" (SMOKE)" if smoke else ""))
+    results_dir = Path(os.environ.get("RESULTS_DIR") or results_dir)
     load0 = os.getloadavg()[0]
     by_seed = _run_all(spec, smoke_extra if smoke else None, keep=4, seeds=seeds)
     runs = by_seed[seeds[0]]
@@ -285,7 +302,7 @@ def main() -> int:
     all_rows = real or set(per_seed) == {_label(m, p) for m, p in PROXY_RUNS}
     claims = [c for c in _claims(per_seed, thresholds) if all_rows or {c["a"], c["b"]} <= set(per_seed)]
     reference = REPO / "results" / "raft-proxy" / "results.json"
-    vs_fp32 = vs_reference(per_seed, json.loads(reference.read_text())["per_seed"]) if prec and not (real or smoke) else None
+    vs_fp32 = vs_reference(per_seed, read_json(reference)["per_seed"]) if prec and not (real or smoke) else None
     record = {"title": title, "smoke": smoke, "metrics": metrics, "per_seed": per_seed, "claims": claims,
               "seeds": list(seeds), "runs": runs, "runs_by_seed": {str(s): r for s, r in by_seed.items()},
               "zero_flow": baseline, "total_time_s": time.time() - start,
@@ -293,7 +310,7 @@ def main() -> int:
               "load_average": {"start": load0, "end": os.getloadavg()[0]},
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
-    (results_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
+    write_results_json(results_dir / "results.json", record, indent=2, ensure_ascii=True)
     md = markdown_table(runs, baseline, title, note) + "\n## EPE per seed\n\n" + seeds_table(per_seed)
     if claims:
         from nm_plugins.verdicts.claims import markdown_claims, plot_claims
@@ -309,7 +326,7 @@ def main() -> int:
             md += (f"| {row} | {','.join(d['seeds'])} | {' / '.join(f'{v:.3f}' for v in d['this'])} | "
                    f"{' / '.join(f'{v:.3f}' for v in d['reference'])} | {' / '.join(f'{v:+.3f}' for v in d['diffs'])} | "
                    f"{d['mean']:+.3f} | {ci} |\n")
-    (results_dir / "results.md").write_text(md)
+    write_text(results_dir / "results.md", md)
     print((results_dir / "results.md").read_text())
     print(f"wrote {results_dir}/results.json, results.md, flow.png in {time.time() - start:.0f} s")
     if not all_rows:

@@ -33,8 +33,10 @@ from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.runtime.config import load_yaml
-from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, rng_state, sad_log_entry,
-                                      save_checkpoint, seed_everything, set_rng_state, shutdown_distributed)
+from nm_plugins.runtime.results import write_json
+from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
+                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
+                                      shutdown_distributed)
 
 from .datasets import train_set, val_set
 from .evaluate import EVAL_ITERS, _collate, autocast, evaluate
@@ -252,6 +254,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     step, epoch, offset, train_time = 0, 0, 0, 0.0
     ckpt_path = run_dir / "last.pth"
     state = load_checkpoint(ckpt_path, map_location=device) if resume and ckpt_path.is_file() else None
+    pending_rng = None
     if state is not None and state["config"] != cfg:
         if main:
             print(f"--resume: {ckpt_path} was written with another config; starting from scratch")
@@ -262,7 +265,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         tracker.load_state_dict(state["sad"])
         step, epoch, offset, train_time = state["step"], state["epoch"], state["offset"], state["train_time"]
-        set_rng_state(state["rng"])  # rank 0's RNG (augmentation draws) on every rank
+        pending_rng = state["rng"]  # rank 0's RNG (augmentation draws) on every rank, set once the loader is made
         if main:
             print(f"resumed {ckpt_path} at step {step}")
     elif resume and main and not ckpt_path.is_file():
@@ -287,7 +290,11 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         loader = DataLoader(dataset, batch_size=batch, sampler=indices[offset * batch:], drop_last=True,
                             num_workers=dcfg["workers"], collate_fn=_collate, pin_memory=device.type == "cuda",
                             persistent_workers=False)
-        for img1, img2, flow, valid in loader:
+        batches = iter(loader)  # draws the loader's base seed from torch's RNG, a draw the checkpoint's state has seen
+        if pending_rng is not None:
+            set_rng_state(pending_rng)
+            pending_rng = None
+        for img1, img2, flow, valid in batches:
             t0 = time.time()
             img1, img2, flow, valid = (x.to(device, non_blocking=True) for x in (img1, img2, flow, valid))
             with amp:
@@ -332,12 +339,12 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
                "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
                "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
                "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers),
-               "precision": precision(cfg, device)}
+               "precision": precision(cfg, device), "masks_sha": masks_digest(raw)}
     if main:
         logger.log(step, {"final_val": val})
         checkpoint(ckpt_path)
         save_checkpoint(run_dir / "final.pth", {"model": raw.state_dict(), "config": cfg})
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(run_dir / "results.json", results, indent=2, ensure_ascii=True)
     logger.close()
     results["samples"] = samples
     return results

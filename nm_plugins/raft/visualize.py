@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import flow_to_image
 
+from nm_plugins.runtime.results import save_figure
+
 
 def flow_grid_png(path, samples: dict, names: list | None = None, rows: int = 4) -> Path:
     """Write a PNG: one row per sample, columns frame 1, true flow, then each model's prediction.
@@ -41,6 +43,6 @@ def flow_grid_png(path, samples: dict, names: list | None = None, rows: int = 4)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return path

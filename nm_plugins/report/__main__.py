@@ -18,8 +18,11 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", type=Path, default=REPO / "ci" / "thresholds", help="folder of thresholds YAMLs")
     ap.add_argument("--screenshot", type=Path, default=None, help="also write a PNG of the page's top (needs chromium)")
     args = ap.parse_args(argv)
-    out = build_report(args.results, args.out, args.reference, args.thresholds)
+    bad: list = []
+    out = build_report(args.results, args.out, args.reference, args.thresholds, problems=bad)
     print(f"report: wrote {out} ({out.stat().st_size / 1024:.0f} kB)")
+    for error in bad:
+        print(f"report: unreadable results file, marked on the page: {error}", file=sys.stderr)
     if args.screenshot:
         from nm_plugins.report.browser import find_chromium, screenshot
         if find_chromium() is None:
@@ -27,7 +30,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         else:
             print(f"report: wrote {screenshot(out, args.screenshot)}")
-    return 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -40,10 +40,13 @@ def _file_sections(ctx, folder, group, what, command, title, fill) -> list:
         return [{**_base(folder, group, what, folder, command, ctx), "status": C.NOT_RUN}]
     out = []
     for path in files:
-        sec = _base(f"{folder}-{path.stem}", group, "", folder, command, ctx)
-        res, href = _loaded(sec, path, ctx)
-        sec["title"] = title(res, path)
-        fill(sec, res, href, path)
+        sec = _base(f"{folder}-{path.stem}", group, path.name, folder, command, ctx)
+        try:
+            res, href = _loaded(sec, path, ctx)
+            sec["title"] = title(res, path)
+            fill(sec, res, href, path)
+        except C.BAD_FILE_ERRORS as e:
+            sec = C.invalid_section(sec, path, e)
         out.append(sec)
     return out
 
@@ -55,6 +58,13 @@ def bench_section(ctx: dict) -> dict:
     path = ctx["results_dir"] / "bench" / "cpu.json"
     if not path.is_file():
         return {**sec, "status": C.NOT_RUN}
+    try:
+        return _bench_filled(sec, path, ctx)
+    except C.BAD_FILE_ERRORS as e:
+        return C.invalid_section(sec, path, e)
+
+
+def _bench_filled(sec: dict, path, ctx: dict) -> dict:
     res, href = _loaded(sec, path, ctx)
     from nm_plugins.report.bench_ratios import load_stats, rows
     stats, _ = load_stats(path)

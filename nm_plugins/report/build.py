@@ -40,6 +40,7 @@ def summary_rows(secs: list) -> list:
     for s in secs:
         j = s.get("judgement")
         status = {"text": C.NOT_RUN, "cls": "notrun"} if s["status"] == C.NOT_RUN else \
+            {"text": f"{C.INVALID}: {s['error']}", "cls": "fail"} if s["status"] == C.INVALID else \
             {"text": "smoke run" if s.get("smoke") else "results", "href": s.get("json_href"), "cls": "ok"}
         checks = {"text": "-"} if not j or not j["total"] else \
             {"text": f"{j['passed']} / {j['total']} passed", "href": j["thresholds_href"],
@@ -50,7 +51,7 @@ def summary_rows(secs: list) -> list:
                       "cls": "ok" if met == total else "fail"}
         claims = {"text": "-"} if not j or not j["counts"] else \
             {"text": ", ".join(f"{n} {v}" for v, n in j["counts"].items()), "href": j["thresholds_href"],
-             "cls": "fail" if ("contradicted" in j["counts"] or "missing" in j["counts"]) else "ok"}
+             "cls": "fail" if j["failing"] else "ok"}
         rows.append({"id": s["id"], "group": s["group"], "title": s["title"], "status": status, "checks": checks,
                      "claims": claims, "command": s["command"]})
     return rows
@@ -68,17 +69,26 @@ def render(secs: list, reference: Path, out_dir: Path, ref_extra: "dict | None" 
             groups.append({"name": name, "sections": members, "reference": (ref_extra or {}).get(name, [])})
     return env.get_template("report.html.j2").render(
         groups=groups, summary=summary_rows(secs), reference_href=C.rel_href(reference, out_dir),
-        reference_sources=C.header_comments(reference), not_run=C.NOT_RUN)
+        reference_sources=C.header_comments(reference), not_run=C.NOT_RUN, invalid=C.INVALID)
 
 
 def build_report(results_dir: Path = C.REPO / "results", out: "Path | None" = None, reference: Path = DEFAULT_REFERENCE,
-                 thresholds_dir: Path = C.REPO / "ci" / "thresholds") -> Path:
-    """Write the report of ``results_dir`` to ``out`` (default ``results_dir/index.html``); returns its path."""
+                 thresholds_dir: Path = C.REPO / "ci" / "thresholds", problems: "list | None" = None) -> Path:
+    """Write the report of ``results_dir`` to ``out`` (default ``results_dir/index.html``); returns its path.
+    ``problems``, when given, receives the errors of the unreadable results files the page marks."""
     results_dir = Path(results_dir)
     out = Path(out) if out else results_dir / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     secs = sections(results_dir, out.parent, reference, thresholds_dir)
+    if problems is not None:
+        problems.extend(invalid_files(secs))
     ctx_ref = {"GPU throughput": B.throughput_reference({"ref": C.load_yaml(reference),
                                                          "ref_href": C.rel_href(reference, out.parent)})}
-    out.write_text(render(secs, Path(reference), out.parent, ctx_ref))
+    from nm_plugins.runtime.results import write_text
+    write_text(out, render(secs, Path(reference), out.parent, ctx_ref))
     return out
+
+
+def invalid_files(secs: list) -> list:
+    """The errors (file and what is wrong) of the sections whose results file is unreadable."""
+    return [s["error"] for s in secs if s["status"] == C.INVALID]

@@ -17,17 +17,30 @@ from nm_plugins.runtime.config import load_yaml as _yaml
 REPO = Path(__file__).resolve().parents[2]
 NOT_RUN = "not run"
 NOT_RECORDED = "not recorded"
+INVALID = "unreadable"
+# what a results or thresholds file of the wrong shape raises in the code that reads it
+BAD_FILE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+def invalid_section(sec: dict, path: Path, error: Exception) -> dict:
+    """``sec`` marked unreadable: the page names ``path`` (relative to the checkout when inside it) and the error."""
+    try:
+        shown = Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        shown = Path(path)
+    message = str(error).removeprefix("report: ")
+    return {**sec, "status": INVALID, "error": f"{shown}: {type(error).__name__}: {message}"
+            if str(path) not in message else f"{type(error).__name__}: {message}"}
 
 
 def load_json(path: Path) -> dict:
-    """The parsed JSON object at ``path``; ValueError naming the file when it is not a JSON object."""
+    """The parsed JSON object at ``path``; ValueError naming the file and the error when it is unreadable, not
+    valid JSON (truncated, NaN) or not a JSON object."""
+    from nm_plugins.runtime.results import read_json
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"report: {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"report: {path} holds a {type(data).__name__}, not a JSON object")
-    return data
+        return read_json(path)
+    except ValueError as e:
+        raise ValueError(f"report: {e}") from None
 
 
 def load_yaml(path: Path) -> dict:
@@ -104,32 +117,78 @@ def judge(results: dict, thresholds: Path, results_href: str, thresholds_href: s
                            else {"text": NOT_RUN, "cls": "notrun"}, text_cell(need),
                            {"text": "ok" if ok else "FAIL", "cls": "ok" if ok else "fail"}])
     claim_cells = []
-    for r in claim_rows:
-        interval = "-" if r["lo"] is None else f"[{r['lo']:+.4g}, {r['hi']:+.4g}]"
-        margin = f" (margin {r['margin']:g})" if r["kind"] == "equivalent" else ""
-        verdict = r["verdict"] + (f": {r['note']}" if r.get("note") else "")
-        claim_cells.append([text_cell(r["claim"] + margin), text_cell(r["a"]), text_cell(r["b"]), text_cell(r["metric"]),
-                            cell(r["mean"], results_href, f'per_seed["{r["a"]}"]["{r["metric"]}"] - per_seed["{r["b"]}"]'
-                                 f'["{r["metric"]}"]', "+.4g") if r["mean"] is not None else {"text": NOT_RUN, "cls": "notrun"},
-                            text_cell(interval), text_cell(str(r["n"])),
-                            {"text": verdict, "cls": "verdict-" + r["verdict"].replace(" ", "-")}])
+    for r, t in zip(claim_rows, claims_mod.table_rows(claim_rows)):
+        diff = (cell(r["mean"], results_href, f'per_seed["{r["a"]}"]["{r["metric"]}"] - per_seed["{r["b"]}"]'
+                     f'["{r["metric"]}"]', "+.4g") if r["mean"] is not None else {"text": NOT_RUN, "cls": "notrun"})
+        claim_cells.append([text_cell(r["claim"]), text_cell(r["a"]), text_cell(r["b"]), text_cell(r["metric"]),
+                            text_cell(t["rule"]), text_cell(t["smallest effect"]), diff, text_cell(t["95% interval"]),
+                            text_cell(t["seeds"]), text_cell(t["MDE (80%)"]), text_cell(t["seeds needed"]),
+                            text_cell(t["p"]), text_cell(t["Holm p"]),
+                            {"text": t["verdict"], "cls": "verdict-" + r["verdict"].replace(" ", "-")}])
     stored = {c.get("claim"): c.get("verdict") for c in results.get("claims", []) or [] if isinstance(c, dict)}
     stale = [f"{r['claim']}: stored '{stored[r['claim']]}', now '{r['verdict']}'" for r in claim_rows
              if r["claim"] in stored and stored[r["claim"]] != r["verdict"]]
-    counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in ("holds", "not significant", "contradicted", "missing")}
+    counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in claims_mod.VERDICTS}
     passed = sum(1 for *_, ok in checks if ok)
     return {"thresholds": thresholds.name, "thresholds_href": thresholds_href, "name": spec.get("name", ""),
             "description": spec.get("description", ""), "passed": passed, "total": len(checks),
             "checks": table(["check", "value", "required", "result"], check_rows) if check_rows else None,
-            "claims": table(["claim", "A", "B", "metric", "A - B (mean over seeds)", "95% t-interval", "seeds", "verdict"],
-                            claim_cells) if claim_cells else None,
-            "claim_rows": claim_rows, "counts": {k: v for k, v in counts.items() if v}, "stale": stale}
+            "claims": table(["claim", "A", "B", "metric", "rule", "smallest effect", "A - B (mean over seeds)",
+                             "95% t-interval", "seeds", "MDE (80% power)", "seeds needed", "p", "Holm p", "verdict"],
+                            claim_cells, note=CLAIMS_NOTE) if claim_cells else None,
+            "claim_rows": claim_rows, "counts": {k: v for k, v in counts.items() if v}, "stale": stale,
+            "failing": [r["claim"] for r in claims_mod.failed(claim_rows)], "can_tell": can_tell(claim_rows),
+            "sources": [(r["claim"], r["smallest_effect_source"]) for r in claim_rows]}
+
+
+CLAIMS_NOTE = ("rule: what A - B must do for the claim to hold; smallest effect: the smallest effect of interest, fixed in "
+               "the thresholds file before the run (its source under 'where the smallest effects come from'); MDE: the "
+               "smallest distance from the rule's boundary that these seeds detect at 80% power, from the paired SD; "
+               "seeds needed: the seeds that detect the smallest effect; p: paired t-test against the boundary; Holm p: "
+               "adjusted over the claims of this file. CI fails on a contradicted claim only when its Holm p < 0.05.")
+
+
+def _names(rows: list) -> str:
+    return "; ".join(f"'{r['claim']}'" for r in rows)
+
+
+def can_tell(rows: list) -> list:
+    """Sentences, computed from the verdicts and minimum detectable effects, on what this run can and cannot tell
+    about the paper's claims."""
+    from nm_plugins.verdicts import claims as V
+    by = {v: [r for r in rows if r["verdict"] == v] for v in V.VERDICTS}
+    judged = [r for r in rows if r["verdict"] not in (V.MISSING, V.INVALID, V.SINGLE_RUN)]
+    out = []
+    decided = by[V.HOLDS] + by[V.CONTRADICTED] + by[V.BELOW_SESOI]
+    if judged:
+        out.append(f"This run decides {len(decided)} of its {len(rows)} claims" + (": " + "; ".join(
+            f"'{r['claim']}' {r['verdict']}" + (" (not after Holm adjustment)" if r["verdict"] in (V.HOLDS, V.CONTRADICTED)
+                                                 and r["p_holm"] is not None and r["p_holm"] >= V.ALPHA else "")
+            for r in decided) if decided else "") + ".")
+    if by[V.BELOW_SESOI]:
+        out.append("Where it rules out the claimed effect: " + "; ".join(
+            f"'{r['claim']}': the whole interval [{r['lo']:+.3g}, {r['hi']:+.3g}] lies within the smallest effect of "
+            f"interest {r['smallest_effect']:.3g} of the boundary" for r in by[V.BELOW_SESOI]) + ".")
+    if by[V.UNDERPOWERED]:
+        out.append("It cannot tell: " + "; ".join(
+            f"'{r['claim']}' (detects {r['mde']:.3g} at {r['n']} seeds, the smallest effect of interest is "
+            f"{r['smallest_effect']:.3g}: {r['seeds_needed']} seeds would)" for r in by[V.UNDERPOWERED]) + ".")
+    if by[V.NOT_SIGNIFICANT]:
+        out.append("Enough seeds to detect the smallest effect, still undecided (the estimate sits near the boundary): "
+                   + _names(by[V.NOT_SIGNIFICANT]) + ".")
+    if by[V.SINGLE_RUN]:
+        out.append("One seed: nothing judged for " + _names(by[V.SINGLE_RUN]) + "; a second seed gives an interval.")
+    for v in (V.INVALID, V.MISSING):
+        if by[v]:
+            out.append(f"{v.capitalize()}: " + "; ".join(f"'{r['claim']}' ({r['note']})" for r in by[v]) + ".")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ environment
 def environment(results: dict) -> list:
     """(label, value) pairs of where and when the numbers were measured, 'not recorded' where the file says nothing."""
-    m = results.get("machine") or {}
+    prov = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
+    m = {**(prov.get("machine") or {}), **(results.get("machine") or {})}
     env = results.get("env") or {}
     info = results.get("machine_info") or {}
     host = m.get("host") or info.get("node")
@@ -144,16 +203,21 @@ def environment(results: dict) -> list:
         gpu = "none (CPU run)"
     cuda = env.get("cuda") or (None if "cuda" not in m or isinstance(m.get("cuda"), str) else
                                ("not available" if not m["cuda"] else None))
-    commit = results.get("commit") or (results.get("commit_info") or {}).get("id")
-    if commit and (results.get("commit_info") or {}).get("dirty"):
+    commit = prov.get("commit") or results.get("commit") or (results.get("commit_info") or {}).get("id")
+    dirty = prov.get("dirty") if prov else (results.get("commit_info") or {}).get("dirty")
+    if commit and dirty:
         commit += " (with uncommitted changes)"
-    date = results.get("date") or results.get("datetime")
+    elif commit and dirty is False:
+        commit += " (clean tree)"
+    date = prov.get("date") or results.get("date") or results.get("datetime")
+    if prov.get("cuda"):
+        cuda = prov["cuda"] + ("" if prov.get("cuda_available") else " (no GPU used)")
     versions = ", ".join(f"{k} {env[k]}" for k in ("cudnn", "cusparselt", "triton", "torchvision") if env.get(k))
     wall = (results.get("wall_seconds") or (results.get("total_minutes") or 0) * 60 or results.get("total_time_s"))
     load = results.get("load_average") or {}
-    pairs = [("machine", machine), ("GPU", gpu), ("torch", m.get("torch") or env.get("torch")),
+    pairs = [("machine", machine), ("GPU", gpu), ("torch", prov.get("torch") or m.get("torch") or env.get("torch")),
              ("CUDA", cuda), ("python", m.get("python") or env.get("python") or info.get("python_version")),
-             ("other versions", versions), ("commit", commit), ("date", date),
+             ("other versions", versions), ("commit", commit), ("date", date), ("command", prov.get("command")),
              ("wall time", wall and f"{wall / 60:.1f} min"),
              ("load average (start / end)", load and f"{load.get('start', 0):.2f} / {load.get('end', 0):.2f}")]
     keep_optional = {"other versions", "wall time", "load average (start / end)"}

@@ -30,6 +30,9 @@ REPRODUCTIONS = [
     {"group": "RAFT optical flow", "id": "raft-proxy", "dir": "raft-proxy", "thresholds": "raft_proxy", "kind": "raft",
      "title": "Sparse RAFT proxy (raft_small, synthetic FlyingChairs-like set, CPU)", "command": "make reproduce-raft",
      "paper": "RAFT"},
+    {"group": "RAFT optical flow", "id": "raft-proxy-bf16", "dir": "raft-proxy-bf16", "thresholds": "raft_proxy", "kind": "raft",
+     "title": "Sparse RAFT proxy in bf16 (CPU bf16 autocast; the same claims as the fp32 proxy)",
+     "command": "RAFT_PRECISION=bf16 make reproduce-raft", "paper": "RAFT"},
     {"group": "Translation", "id": "translation", "dir": "translation", "thresholds": "translation", "kind": "translation",
      "title": "Transformer-base on WMT14 En-De", "command": "WMT_ROOT=/path/to/wmt14 make reproduce-translation",
      "rows_env": "WMT_ROWS", "paper": "Transformer"},
@@ -59,6 +62,14 @@ def reproduction_section(spec: dict, ctx: dict) -> dict:
            "tables": [], "reference": [], "plots": [], "links": [], "notes": []}
     if not path.is_file():
         return {**sec, "status": C.NOT_RUN}
+    try:
+        return _filled(sec, spec, ctx, folder, path)
+    except C.BAD_FILE_ERRORS as e:
+        return C.invalid_section(sec, path, e)
+
+
+def _filled(sec: dict, spec: dict, ctx: dict, folder, path) -> dict:
+    """``sec`` filled from the results.json at ``path`` (raises what a malformed file makes its readers raise)."""
     res = C.load_json(path)
     href = C.rel_href(path, ctx["out_dir"])
     sec.update(status="ok", json_href=href, smoke=bool(res.get("smoke")), environment=C.environment(res),
@@ -104,7 +115,7 @@ def _paper_classification(ref: dict) -> dict:
 
 def classification(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
     """ImageNet / its proxy: our rows beside the paper's top-1, Params and FLOPs; the other published figures."""
-    proxy = spec["id"].endswith("proxy")
+    proxy = "proxy" in spec["id"]
     paper = _paper_classification(ctx["ref"])
     rhref = ctx["ref_href"]
     ours = {r["key"]: r for r in res.get("rows", []) or []}
@@ -208,7 +219,7 @@ def raft(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
     rows = rows + list(dict.fromkeys(extra))
     sec["tables"].append(C.pivot(res, rows, RAFT_COLUMNS, href, "ours (metrics: means over seeds)"))
     ref = (ctx["ref"].get("raft", {}) or {}).get("flyingchairs_val_epe", {}) or {}
-    proxy = spec["id"].endswith("proxy")
+    proxy = "proxy" in spec["id"]
     key = "srste_2:4/after_chairs/chairs/epe"
     ours = C.text_cell("no counterpart: the proxy is raft_small on a synthetic set") if proxy else (
         C.cell(res["metrics"][key], href, f'metrics["{key}"]', ".3f") if key in res.get("metrics", {}) else
@@ -217,6 +228,13 @@ def raft(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
         C.text_cell("FlyingChairs val EPE, 2:4 sparse RAFT"),
         C.cell(ref.get("sparse_2_4"), ctx["ref_href"], "raft.flyingchairs_val_epe.sparse_2_4", text=str(ref.get("sparse_2_4"))), ours,
         C.text_cell(ref.get("source")), C.text_cell(ref.get("note"))]], "the paper's figure"))
+    vs = res.get("vs_fp32") or {}
+    if vs:
+        sec["tables"].append(C.table(["run", "seeds", f"EPE {res.get('precision', 'this')} - fp32 (mean)", "95% t-interval"], [[
+            C.text_cell(name), C.text_cell(str(d.get("n"))),
+            C.cell(d.get("mean"), href, f'vs_fp32["{name}"]["mean"]', "+.4f"),
+            C.text_cell("-" if d.get("lo") is None else f"[{d['lo']:+.4f}, {d['hi']:+.4f}]")] for name, d in vs.items()],
+            "paired over seeds against the committed fp32 proxy run (results/raft-proxy)"))
     per_seed = res.get("per_seed", {}) or {}
     m = res.get("metrics", {}) or {}
     epe = {r: m[f"{r}/epe"] for r in rows if f"{r}/epe" in m}

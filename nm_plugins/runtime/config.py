@@ -26,10 +26,9 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                          |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-                          |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+_Loader.add_implicit_resolver(  # YAML 1.1's float forms (3e-3 stays a string, as before) less the base-60 one
+    _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                          |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
                           |[-+]?\.(?:inf|Inf|INF)
                           |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))

@@ -30,6 +30,7 @@ from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
 from nm_plugins.timm import asp_prune, create_model
 from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
+from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
                                       shutdown_distributed)
@@ -251,7 +252,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
         summary.update(best_top1=best["val"]["top1"], best_epoch=best["epoch"],
                        best_checkpoint=str(best_path) if cfg["train"]["checkpoint"] else None)
     if info.is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(out_dir / "summary.json", summary, ensure_ascii=True)
     return summary
 
 

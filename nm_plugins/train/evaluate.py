@@ -173,11 +173,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        from nm_plugins.runtime.results import write_results_json
+        write_results_json(args.out, result, ensure_ascii=True)
     return 0 if result["masks_valid"] and result["masks_follow_weights"] else 1
 
 

@@ -3,13 +3,13 @@ markdown table like the paper's, and PNG plots (SAD over training per method, ac
 from __future__ import annotations
 
 import datetime
-import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
 from nm_plugins.core import NMPattern
+from nm_plugins.runtime.results import machine_info, save_figure, write_results_json, write_text
+
+__all__ = ["aggregate", "machine_info", "markdown_table", "plot_results", "row_key", "write_results"]
 
 
 def row_key(summary: dict, with_model: bool = False) -> str:
@@ -18,24 +18,6 @@ def row_key(summary: dict, with_model: bool = False) -> str:
     key = "dense" if method == "dense" else f"{method}_{summary['pattern']}"
     key += f"_{summary['variant']}" if summary.get("variant") else ""
     return f"{summary['row_model']}/{key}" if with_model else key
-
-
-def machine_info() -> dict:
-    """Where the numbers were measured: host, CPU, core count, torch version, GPU if any."""
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "os": platform.platform()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _mean_std(values: list) -> tuple:
@@ -127,7 +109,7 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -136,7 +118,7 @@ def write_results(results: dict, out_dir: "str | Path") -> dict:
     """Write results.json, results.md and the plots into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (out_dir / "results.md").write_text(markdown_table(results))
+    write_results_json(out_dir / "results.json", results, ensure_ascii=True)
+    write_text(out_dir / "results.md", markdown_table(results))
     plots = plot_results(results, out_dir)
     return {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plots": plots}

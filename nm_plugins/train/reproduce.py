@@ -30,6 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nm_plugins.runtime.results import append_text
+
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = REPO / "configs" / "imagenet_proxy" / "fashion_mnist.yaml"
 IMAGENET_CONFIGS = REPO / "configs" / "imagenet"
@@ -81,7 +83,7 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     md = results_json.with_name("results.md")
     if md.is_file():
         text = out.getvalue().replace(str(REPO) + "/", "")
-        md.write_text(md.read_text() + f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
+        append_text(md, f"\n## Threshold check (exit status {status})\n\n```\n{text}```\n")
     return status
 
 
@@ -100,19 +102,21 @@ def proxy_runs(smoke: bool) -> list:
 
 def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     """Run the Fashion-MNIST grid in this process, write results, print the table, run the threshold check."""
-    from nm_plugins.train.classify import run
+    from nm_plugins.runtime.grid import only
     from nm_plugins.train.config import load_config
     from nm_plugins.train.report import aggregate, write_results
 
     runs_dir = _runs_root() / ("imagenet-proxy-smoke" if smoke else "imagenet-proxy")
     summaries, t0, load0 = [], time.time(), os.getloadavg()
     grid = proxy_runs(smoke)
+    subset = only([name for name, _, _ in grid])
+    grid = [g for g in grid if subset is None or g[0] in subset]
     bar = tqdm(grid, desc="imagenet proxy (Fashion-MNIST)", dynamic_ncols=True)
     for name, variant, overrides in bar:
         extra = PROXY_SMOKE_OVERRIDES if smoke else []
         cfg = load_config(PROXY_CONFIG, overrides + extra + [f"train.out_dir={runs_dir / name}", "train.progress=false"])
         bar.set_postfix_str(name)
-        summary = run(cfg)
+        summary = resumable_run(cfg)
         summary["row_model"], summary["variant"] = cfg["model"]["name"], variant
         summaries.append(summary)
         tqdm.write(f"{name:>14}: top-1 {summary['top1']:.2f}%  SAD {summary['sad_final']:.4f}  ({summary['seconds']:.0f} s)")
@@ -133,7 +137,19 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     paths["plots"] += write_claims(results["claims"], results_dir)
     print(paths["markdown"].read_text())
     print(f"results: {paths['json']}, plots: {', '.join(map(str, paths['plots']))}")
+    if subset is not None:
+        print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke))} runs: no threshold check")
+        return 0
     return run_check(paths["json"], thresholds)
+
+
+def resumable_run(cfg: dict) -> dict:
+    """``classify.run(cfg)`` for a grid, through nm_plugins.runtime.grid: the stored summary when its out_dir
+    finished the same config (and code) before, resumed from its last epoch's checkpoint when interrupted."""
+    from nm_plugins.runtime.grid import run_or_reuse
+    from nm_plugins.train.classify import LAST_NAME, run
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, out.name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / LAST_NAME)
 
 
 def per_seed_values(summaries: list, with_model: bool = False) -> dict:
@@ -161,7 +177,7 @@ def write_claims(rows: list, results_dir: Path) -> list:
         return []
     from nm_plugins.verdicts.claims import markdown_claims, plot_claims
     md = results_dir / "results.md"
-    md.write_text(md.read_text() + "\n## Paper claims: paired differences over seeds (same seed = same init and "
+    append_text(md, "\n## Paper claims: paired differences over seeds (same seed = same init and "
                   "data order), 95% t-interval\n\n" + markdown_claims(rows))
     return [plot_claims(rows, results_dir / "claims.png")]
 

@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from nm_plugins.runtime.grid import only, run_or_reuse
+from nm_plugins.runtime.results import save_figure, write_results_json, write_text
+
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_dict_de_en.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
@@ -55,7 +58,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     """Rows (mean/std over seeds) and the flat ``metrics`` that ci.check reads."""
     import statistics
 
-    from nm_plugins.train.report import machine_info
+    from nm_plugins.runtime.results import machine_info
     groups: dict = {}
     for s in summaries:
         groups.setdefault(row_key(s), []).append(s)
@@ -104,7 +107,7 @@ def finish(results: dict, results_dir: Path, thresholds: Path) -> int:
 def write_results(results: dict, out: Path) -> dict:
     """results.json, results.md (table, examples, signatures), examples.md and plot.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=float))
+    write_results_json(out / "results.json", results)
     lines = [f"# {results['name']}", "", results.get("description", ""), "",
              "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | Params | MACs / pair (20+20 tok.) | s / run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -117,7 +120,7 @@ def write_results(results: dict, out: Path) -> dict:
     lines += ["", f"Params and MACs count kept weights only; the tied embedding / output projection is dense "
               f"({first['params_embedding'] / 1e6:.3f}M params, {first['flops_output_projection'] / 1e6:.2f}M of the MACs).",
               "", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in results["signatures"].items()), ""]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     ex = ["# Example translations (first test sentences, seed " + str(results["runs"][0]["seed"]) + ")", ""]
     seen = set()
     for s in results["runs"]:
@@ -127,7 +130,7 @@ def write_results(results: dict, out: Path) -> dict:
         ex += [f"## {row_key(s)}", "", "| source | reference | translation |", "| --- | --- | --- |"]
         ex += [f"| {e['src']} | {e['ref']} | {e['hyp']} |".replace("\n", " ") for e in s["examples"]]
         ex.append("")
-    (out / "examples.md").write_text("\n".join(ex))
+    write_text(out / "examples.md", "\n".join(ex))
     plot = out / "plot.png"
     _plot(results, plot)
     return {"json": out / "results.json", "markdown": out / "results.md", "examples": out / "examples.md", "plot": plot}
@@ -152,7 +155,7 @@ def _plot(results: dict, path: Path) -> None:
     b.set_title("Sparse Architecture Divergence")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -162,11 +165,14 @@ def run_check(results_json: Path, thresholds: Path) -> int:
     return check(results_json, thresholds)
 
 
-def _proxy_worker(overrides: list) -> dict:
-    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already)."""
+def _proxy_worker(name: str, overrides: list) -> dict:
+    """One proxy run in a worker process (one torch thread; the corpus and vocabulary are cached already), through
+    the resumable grid (nm_plugins.runtime.grid): reused when finished before, resumed from its checkpoint."""
     from .config import load_config
     from .train import run
-    return run(load_config(PROXY_CONFIG, overrides))
+    cfg = load_config(PROXY_CONFIG, overrides)
+    out = Path(cfg["train"]["out_dir"])
+    return run_or_reuse(out, name, cfg, lambda resume: run(cfg, resume=resume), checkpoint=out / "checkpoint.pt")
 
 
 def proxy_runs(smoke: bool, runs_dir: Path) -> list:
@@ -191,11 +197,13 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
     runs_dir = _runs_root() / ("translation-proxy-smoke" if smoke else "translation-proxy")
     t0, load0 = time.time(), os.getloadavg()
     grid = proxy_runs(smoke, runs_dir)
+    subset = only([name for name, _ in grid])
+    grid = [g for g in grid if subset is None or g[0] in subset]
     prepare_data(load_config(PROXY_CONFIG, grid[0][1]))  # corpus split + vocabulary, cached once for all workers
     workers = int(os.environ.get("PROXY_WORKERS") or min(2, os.cpu_count() or 1))
     summaries = [None] * len(grid)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_proxy_worker, overrides): i for i, (_, overrides) in enumerate(grid)}
+        futures = {pool.submit(_proxy_worker, name, overrides): i for i, (name, overrides) in enumerate(grid)}
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             summary = summaries[i] = future.result()
@@ -213,6 +221,11 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
                         {"description": description, "wall_seconds": wall, "smoke": smoke, "workers": workers,
                          "load_average": {"start": load0[0], "end": load1[0]}, "config": str(PROXY_CONFIG.relative_to(REPO))})
     thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
+    if subset is not None:
+        paths = write_results(results, results_dir)
+        print(paths["markdown"].read_text())
+        print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke, runs_dir))} runs: no threshold check")
+        return 0
     return finish(results, results_dir, thresholds)
 
 

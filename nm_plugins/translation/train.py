@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
+from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
                                       shutdown_distributed)
@@ -303,7 +304,7 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
                "decode_seconds": decode_seconds, "masks_sha": masks, "out_dir": str(out_dir),
                "examples": [{"src": s, "ref": r, "hyp": h} for s, r, h in
                             list(zip(splits["test"].src_text, splits["test"].tgt_text, hyps))[:n_ex]]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -17,18 +17,20 @@ the results fails its check. Checks are for regressions against committed figure
 masks, parameter ratios), not for the paper's claims.
 
 The paper's claims go under ``claims:`` and are judged on the results' per-seed values (``"per_seed":
-{row: {metric: {seed: value}}}``) by paired differences with a 95% t-interval (nm_plugins/verdicts/claims.py):
+{row: {metric: {seed: value}}}``) by paired differences with a 95% t-interval, the power of the seeds run and a
+Holm adjustment over the file's claims (nm_plugins/verdicts/claims.py, whose docstring is the schema):
 
     claims:
-      - {claim: "SR-STE > STE at 2:4", a: "srste_2:4", b: "ste_2:4", metric: top1, kind: greater}
-      - {claim: "SAD(SR-STE) < SAD(STE)", a: "srste_2:4", b: "ste_2:4", metric: sad, kind: less}
-      - {claim: "2:4 ~ dense", a: "srste_2:4", b: "dense", metric: top1, kind: equivalent, margin: 0.3}
+      - {claim: "SR-STE > STE at 2:4", a: "srste_2:4", b: "ste_2:4", metric: top1, kind: greater,
+         smallest_effect: 0.3, smallest_effect_source: "a published gap / a stated tolerance / a fraction, why"}
+      - {claim: "2:4 ~ dense", a: "srste_2:4", b: "dense", metric: top1, kind: noninferior, better: higher,
+         smallest_effect_rel: 0.01, reference: {value: 77.3, source: "paper_tables.yaml"}, smallest_effect_source: "..."}
 
-A claim that is contradicted (or has no per-seed values) fails; "not significant" is reported, not failed.
+A claim fails when it is invalid (a NaN/inf per-seed value: the message names the run), missing, or
+contradicted after the Holm adjustment; every other verdict is reported, not failed.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -69,6 +71,31 @@ def format_table(rows: list) -> str:
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
 
 
+def read_inputs(results_path: Path, thresholds_path: Path) -> tuple:
+    """(results, its metrics, thresholds spec); ValueError naming the file and what is wrong when either file is
+    unreadable or of the wrong shape (truncated JSON, NaN, not a mapping, non-numeric metrics)."""
+    import yaml
+
+    from nm_plugins.runtime.results import read_json
+    results = read_json(results_path)
+    metrics = results.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{results_path}: 'metrics' is a JSON {type(metrics).__name__}, not an object")
+    bad = [k for k, v in metrics.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+    if bad:
+        raise ValueError(f"{results_path}: metric {bad[0]!r} is {metrics[bad[0]]!r}, not a number")
+    try:
+        spec = load_yaml(thresholds_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"thresholds file {thresholds_path} cannot be read: {e}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"thresholds file {thresholds_path} holds a {type(spec).__name__}, not a mapping")
+    for key in ("checks", "claims"):
+        if not isinstance(spec.get(key) or [], list):
+            raise ValueError(f"thresholds file {thresholds_path}: {key!r} is a {type(spec[key]).__name__}, not a list")
+    return results, metrics, spec
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -79,22 +106,26 @@ def main(argv=None) -> int:
         if not p.is_file():
             print(f"ci.check: {p} does not exist", file=sys.stderr)
             return 2
-    results = json.loads(results_path.read_text())
-    metrics = results.get("metrics", {})
-    spec = load_yaml(thresholds_path.read_text())
-    rows = evaluate(metrics, spec.get("checks", []))
+    try:
+        results, metrics, spec = read_inputs(results_path, thresholds_path)
+        rows = evaluate(metrics, spec.get("checks", []) or [])
+        claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}) or {}, spec.get("claims", []) or [])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        print(f"ci.check: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"Threshold check: {results_path} against {thresholds_path} ({spec.get('name', '')})")
     print(format_table(rows))
     failed = [r for r in rows if not r[3]]
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; {len(failed)} FELL SHORT" if failed else ""))
-    claim_rows = claims_mod.evaluate_claims(results.get("per_seed", {}), spec.get("claims", []))
     bad_claims = claims_mod.failed(claim_rows)
     if claim_rows:
-        print("\nPaper claims (paired differences over seeds, 95% t-interval):")
+        print("\nPaper claims (paired differences over seeds, 95% t-interval, power 80%, Holm-adjusted p):")
         print(claims_mod.format_claims(claim_rows))
-        counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in
-                  (claims_mod.HOLDS, claims_mod.NOT_SIGNIFICANT, claims_mod.CONTRADICTED, "missing")}
+        counts = {v: sum(r["verdict"] == v for r in claim_rows) for v in claims_mod.VERDICTS}
         print(", ".join(f"{n} {v}" for v, n in counts.items() if n) + (f"; {len(bad_claims)} FAIL" if bad_claims else ""))
+    for r in bad_claims:
+        why = r["note"] if r["verdict"] != claims_mod.CONTRADICTED else f"Holm-adjusted p {r['p_holm']:.3g}"
+        print(f"FAIL: {r['claim']}: {r['verdict']}: {why}", file=sys.stderr)
     return 1 if failed or bad_claims else 0
 
 
