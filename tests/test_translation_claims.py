@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nm_plugins.runtime.config import load_yaml
 from nm_plugins.verdicts import check
-from nm_plugins.verdicts.claims import evaluate_claims
+from nm_plugins.verdicts.claims import evaluate_claims, failed
 from nm_plugins.translation.reproduce import aggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +57,14 @@ def test_sr_ste_below_ste_on_every_seed_fails_where_the_old_tolerance_passed(tmp
 def test_committed_translation_proxy_has_paired_seeds_and_claims(capsys):
     results = REPO / "results" / "translation-proxy" / "results.json"
     res = json.loads(results.read_text())
-    spec = yaml.safe_load((THRESHOLDS / "translation_proxy.yaml").read_text())
+    spec = load_yaml((THRESHOLDS / "translation_proxy.yaml").read_text())
     for claim in spec["claims"]:
         assert len(res["per_seed"][claim["a"]][claim["metric"]]) >= 5
     assert [r["claim"] for r in res["claims"]] == [c["claim"] for c in spec["claims"]]
-    assert check.main([str(results), str(THRESHOLDS / "translation_proxy.yaml")]) == 0
+    # The committed run fails exactly its two pre-registered "dense beats retrieval" checks (README, translation
+    # section): the proxy's dense model does not beat retrieval at this schedule. Every other check and claim passes.
+    rows = check.evaluate(res["metrics"], spec["checks"])
+    assert sorted(d for d, _, _, ok in rows if not ok) == sorted(
+        c["claim"] for c in spec["checks"] if c["metric"].startswith("dense_vs_retrieval/"))
+    assert failed(evaluate_claims(res["per_seed"], spec["claims"])) == []
+    assert check.main([str(results), str(THRESHOLDS / "translation_proxy.yaml")]) == 1
