@@ -38,7 +38,7 @@ coco-proxy-data:  ## generate the COCO-format Fashion-MNIST detection proxy into
 reproduce-raft:  ## sparse RAFT on FlyingChairs & co (dataset roots) or the synthetic proxy; SMOKE=1 short
 	$(PY) -m nm_plugins.raft.reproduce
 
-reproduce-translation:  ## Transformer N:M translation on WMT14 En-De (WMT_ROOT) or the dict-de-en proxy; SMOKE=1 short
+reproduce-translation:  ## Transformer N:M translation on WMT14 En-De (WMT_ROOT) or the Debian-catalog En->De proxy; SMOKE=1 short
 	$(PY) -m nm_plugins.translation.reproduce
 
 throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)

@@ -36,14 +36,27 @@ fi
 "${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, timm, nm_plugins; from mmcv.ops import nms; print('install: ok (torch', __import__('torch').__version__, ')')"
 
-# Debian packages the proxies and the report's browser test need: installed with apt-get where it exists;
-# otherwise, or when apt-get fails, a warning naming the package and the alternative ($2), and the install goes on.
+# Debian packages the proxies and the report's browser test need: installed with apt-get where it exists; with a
+# third argument DIR the package is not installed but fetched (apt-get download) and unpacked (dpkg-deb -x) into DIR,
+# with its version in DIR/VERSION. Where apt-get is missing, or fails, a warning naming the package and the
+# alternative ($2), and the install goes on.
 apt_package() {
   if ! command -v apt-get >/dev/null; then
     echo "install: apt-get is not available: install Debian's $1; $2" >&2
     return 0
   fi
   local SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  if [ -n "${3:-}" ]; then
+    local tmp; tmp=$(mktemp -d)
+    if (cd "$tmp" && { apt-get download -q "$1" >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && apt-get download -q "$1" >/dev/null; }; }) \
+       && dpkg-deb -x "$tmp"/*.deb "$tmp/root"; then
+      rm -rf "$3" && mkdir -p "$(dirname "$3")" && mv "$tmp/root" "$3" && dpkg-deb -f "$tmp"/*.deb Version > "$3/VERSION"
+    else
+      echo "install: could not apt-get download $1; $2" >&2
+    fi
+    rm -rf "$tmp"
+    return 0
+  fi
   if ! { $SUDO apt-get install -y -q "$1" >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$1" >/dev/null; }; }; then
     echo "install: could not apt-get install $1; $2" >&2
   fi
@@ -55,12 +68,14 @@ if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 else
   apt_package dataset-fashion-mnist "the proxy experiments need it, or set FASHION_MNIST_DIR to a folder with its IDX files"
 fi
-echo "== German-English dictionary (Debian dict-de-en, the translation proxy's corpus)"
-if [ -f /usr/share/dictd/german-english.dict.dz ]; then
+echo "== German gettext catalogs of the pinned Debian packages (configs/translation/catalogs_de.yaml: the translation proxy's corpus)"
+MISSING=$("$VENV/bin/python" -m nm_plugins.translation.catalogs missing)
+if [ -z "$MISSING" ]; then
   echo "   already installed"
-else
-  apt_package dict-de-en "the translation proxy needs it, or set DICT_DE_EN_DIR to a folder with german-english.index and german-english.dict.dz"
 fi
+for pkg in $MISSING; do  # fetched and unpacked into data/catalogs/<package>/, not installed (no servers, no scripts)
+  apt_package "$pkg" "the translation proxy reads its German catalogs (data/catalogs/$pkg/usr/share/locale/de/LC_MESSAGES/)" "$ROOT/data/catalogs/$pkg"
+done
 echo "== Chromium (Debian chromium: make report's test renders the page in a headless browser)"
 if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
   echo "   already installed"

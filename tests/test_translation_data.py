@@ -1,83 +1,10 @@
-"""dict-de-en parser on the real dictionary, the proxy split, the WMT14 layout reader, token batches."""
-import gzip
+"""The WMT14 layout reader and token batches (the Debian-catalog corpus: tests/test_translation_catalogs.py)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nm_plugins.translation import dictionary as D
 from nm_plugins.translation.data import Split, epoch_order, make_batches, wmt_files
-
-REAL = Path("/usr/share/dictd/german-english.dict.dz")
-needs_dict = pytest.mark.skipif(not REAL.is_file(), reason="Debian's dict-de-en is not installed (make install does it)")
-
-
-@pytest.fixture(scope="module")
-def entries():
-    return D.read_entries()
-
-
-def test_parse_entry_layout():
-    text = "Aalräucherei\n {f}\n   eel smokery; eel-smoking business <eelsmoking business> <eel smoking\nbusiness>\n"
-    e = D.parse_entry(text)
-    assert e == D.Entry("Aalräucherei", "{f}", "eel smokery; eel-smoking business <eelsmoking business> <eel smoking business>")
-    assert D.parse_entry("Aal blau\n\n   Eel au bleu\n") == D.Entry("Aal blau", "", "Eel au bleu")
-    assert D.parse_entry("00-database-short\n     German - English Dictionary\n") is None
-    assert D.b64_decode("BOQXT") == ((((1 * 64 + 14) * 64 + 16) * 64 + 23) * 64 + 19)
-    with pytest.raises(ValueError, match="dictd base64"):
-        D.b64_decode("B*")
-
-
-def test_clean_and_filter():
-    assert D.clean("Abend {m} (als Freizeit) [ugs.]") == "Abend"
-    assert D.clean("It’s not over until it’s over.") == "It's not over until it's over."
-    assert D.first_alternative(D.clean("in the evening; at night [Am.]")) == "in the evening"
-    entry = D.Entry("jdm. etw. geben", "", "to give sb. sth.")
-    assert D.to_pair(entry, 2, 10) is None  # placeholders are dropped
-    assert D.to_pair(D.Entry("Abend", "{m}", "evening"), 2, 10) is None  # single words are look-ups
-    assert D.to_pair(D.Entry("Aal in Aspik", "", "Jellied Eel"), 2, 10) == ("Aal in Aspik", "Jellied Eel")
-
-
-@needs_dict
-def test_real_entries(entries):
-    """Real entries of /usr/share/dictd/german-english.dict.dz, read through the index offsets."""
-    by_head = {}
-    for e in entries:
-        by_head.setdefault(e.headword, []).append(e)
-    assert len(entries) > 500_000
-    assert D.Entry("Ases", "{n} [mus.]", "A; A sharp; A flat; A double sharp; A double flat") in by_head["Ases"]
-    assert by_head["Noch ist nicht aller Tage Abend."][0].translation.startswith("It’s not over until it’s over.")
-    # a translation that dictfmt wrapped onto a second, unindented line is joined
-    assert any(e.translation == "eel smokery; eel-smoking business <eelsmoking business> <eel smoking business>"
-               for e in by_head["Aalräucherei"])
-    assert D.to_pair(by_head["Das Abendessen hat mir geschmeckt."][0], 2, 10) == (
-        "Das Abendessen hat mir geschmeckt.", "I enjoyed my supper.")
-    # every headword line is a real headword: none starts with the indentation of info/translation lines
-    assert not any(e.headword.startswith(" ") or e.headword == "" for e in entries)
-    # one entry per translation line of the dict file (three-space indent; dictd's header lines have five)
-    with gzip.open(REAL, "rt", encoding="utf-8") as f:
-        n_trans = sum(1 for line in f if line.startswith("   ") and not line.startswith("    "))
-    assert len(entries) == n_trans
-    assert not any(e.headword.startswith("The original data") for e in entries)  # dictd's 00-database-info record
-
-
-@needs_dict
-def test_split_is_deterministic_and_disjoint(entries):
-    a = D.build_pairs(entries)
-    b = D.build_pairs(list(entries))
-    assert a == b
-    assert len(a["train"]) > 50_000 and len(a["test"]) > 1000 and len(a["valid"]) > 1000
-    en = {s: {D.normalise(e) for _, e in a[s]} for s in a}
-    de = {s: {D.normalise(g) for g, _ in a[s]} for s in a}
-    assert not en["train"] & en["test"] and not en["train"] & en["valid"] and not en["valid"] & en["test"]
-    assert not de["train"] & de["test"] and not de["train"] & de["valid"]
-    for g, e in a["test"][:500]:
-        assert 2 <= len(g.split()) <= 10 and not any(c in g + e for c in "{}[]<>()/")
-
-
-def test_missing_dictionary_names_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match="apt-get install dict-de-en"):
-        D.find_dictionary(tmp_path)
 
 
 def write_wmt(root: Path, n_train=60, sgm=False, parts=False):

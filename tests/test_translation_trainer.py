@@ -1,5 +1,6 @@
 """The translation trainer for real on a tiny generated WMT14-layout corpus: logs, checkpoints, averaging,
 identical resume (stopped and SIGKILLed), the WMT reproduce path through torchrun, the SMOKE proxy."""
+import gzip
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 from nm_plugins.core import is_valid_nm_mask, sparse_layers
+from nm_plugins.runtime.config import read_yaml
+from nm_plugins.translation.catalogs import missing_packages
 from nm_plugins.translation.config import load_config
 from nm_plugins.translation.train import inverse_sqrt, run
 from nm_plugins.runtime.training import load_checkpoint
@@ -63,7 +66,8 @@ def test_run_logs_checkpoints_averages_and_scores(tmp_path, wmt_root):
     assert sorted(p.name for p in out.glob("weights_step*.pt")) == ["weights_step12.pt", "weights_step4.pt", "weights_step8.pt"]
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 12 and {"model", "optimizer", "scheduler", "rng", "sad", "pos", "epoch"} <= set(state)
-    lines = (out / "translations.txt").read_text().splitlines()
+    lines = gzip.decompress((out / "translations.tsv.gz").read_bytes()).decode().splitlines()
+    assert summary["test_nll"] > 0 and summary["test_tokens"] > 12 and summary["config"]["optim"]["max_steps"] == 12
     assert len(lines) == 12 and lines[0].split("\t")[0] == (wmt_root / "newstest2014.en").read_text().splitlines()[0]
     assert summary["params"] < sum(v.numel() for k, v in state["model"].items() if k.endswith("weight") and k != "generator.weight")
 
@@ -159,7 +163,8 @@ def test_wmt_path_smoke_through_torchrun(tmp_path, wmt_root):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/dictd/german-english.dict.dz").is_file(), reason="dict-de-en not installed")
+@pytest.mark.skipif(bool(missing_packages(read_yaml(REPO / "configs/translation/catalogs_de.yaml")["packages"],
+                                          REPO / "data/catalogs")), reason="German catalogs missing (make install)")
 def test_reproduce_translation_smoke(tmp_path):
     """`SMOKE=1 make reproduce-translation`: the four proxy rows, results, plot, examples, threshold check."""
     out = _reproduce({"SMOKE": "1"}, tmp_path)

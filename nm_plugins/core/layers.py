@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .decay import mark_pending
 from .mask import check_groupable, check_grouping, is_valid_nm_mask, kernel_mask_call, masked_grad, nm_mask
+from .op import UNCHECKED_FX, export_masked_weight, is_recording, masked_weight_op, register_layer
 from .pattern import NMPattern
 
 METHODS = ("srste", "ste", "fixed", "dense")
@@ -109,6 +110,7 @@ class SparseMixin:
             raise ValueError(f"{type(self).__name__}: {err}") from None
         self.register_buffer("nm_mask", torch.ones_like(self.weight, dtype=torch.bool))
         self._state = _MaskState()
+        self._nm_op_id = register_layer(self)
         self._guard()
         if self.weight.device.type != "meta":
             self.refresh_mask()  # real masks from the start, in the state_dict too
@@ -117,6 +119,7 @@ class SparseMixin:
         super().__setstate__(state)
         self.__dict__.setdefault("decay_mode", "step")
         self.__dict__.setdefault("grouping", "channels")
+        self._nm_op_id = register_layer(self)  # a copy is its own layer in the operator's backward
         self._guard()  # deepcopy / unpickling: the copied weight gets its own guard
 
     def _guard(self) -> None:
@@ -183,8 +186,45 @@ class SparseMixin:
 
     def _forward_weight(self) -> torch.Tensor:
         """The masked weight for the layer's own conv/linear: a view of the layer's persistent buffer
-        (rewritten in place when the weight changes)."""
+        (rewritten in place when the weight changes); while a tool records the model (compile, export, trace,
+        FX), the ``nm_sparsity::masked_weight`` operator instead (:mod:`nm_plugins.core.op`)."""
+        if is_recording():
+            return self._recorded_weight()
         return self._masked_weight(in_forward=True)
+
+    def _recorded_weight(self) -> torch.Tensor:
+        """The masked weight as recording tools see it: the operator (plain PyTorch operations under ONNX export)."""
+        if self.method == "dense":
+            return self.weight
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            watch = self.__dict__.get("_nm_watch")
+            if watch is not None and watch.pending:  # see sparsify: the model was never checked
+                raise ValueError(f"{UNCHECKED_FX} (N:M layer {self!r})")
+        if torch.onnx.is_in_onnx_export():
+            return export_masked_weight(self)
+        return masked_weight_op(self)
+
+    def _recorded_backward(self, mask: torch.Tensor) -> None:
+        """Run by the operator's backward: the bookkeeping of :class:`_MaskedWeight`'s backward (decay owed at
+        the optimizer step, the gradient came through the forward), and the layer's mask buffer set to the mask
+        the forward used (the decay's mask)."""
+        state = self._state
+        state.through_forward = True
+        if self.method == "fixed":
+            return
+        with torch.no_grad():
+            self.nm_mask.copy_(mask)
+        state.key = self._weight_key()
+        if self.method == "srste" and self.decay != 0.0:
+            state.calls += 1
+            mark_pending(self)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile the N:M layer {self!r} (its mask is computed by a custom operator "
+            f"with Python-side caching): script nm_plugins.core.export_dense(model) instead (plain layers holding "
+            f"the masked weights), or use torch.jit.trace / torch.export.export / torch.compile, which record the "
+            f"sparse model itself")
 
     @torch.compiler.disable
     def _masked_weight(self, in_forward: bool) -> torch.Tensor:

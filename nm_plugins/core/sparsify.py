@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from .layers import DECAY_MODES, DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
 from .mask import partial_group_size
+from .op import UNCHECKED_FX
 from .pattern import NMPattern
 
 
@@ -92,57 +93,121 @@ class _WeightReads(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def probe_layers(model: nn.Module, example_inputs) -> ProbeResult:
+class _Recorder:
+    """While entered: records, for every Conv2d/Linear below ``model``, whether its forward ran, whether some other
+    module used its weight (see :class:`ProbeResult`), whether it was fed one of ``input_leaves``, and its outputs."""
+
+    def __init__(self, model: nn.Module, input_leaves: list):
+        self.model, self.input_leaves = model, input_leaves
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        self.owners: dict = {}
+        for n, m in self.layers.items():
+            self.owners.setdefault(id(m.weight), []).append(n)
+        self.result, self.stack, self.outputs, self.handles, self.mode = ProbeResult(), [], [], [], None
+
+    def _enter(self, name):
+        def hook(module, args):
+            self.stack.append(name)
+            if name in self.layers:
+                self.result.ran.add(name)
+                if any(a is t for a in tree_flatten(list(args))[0] for t in self.input_leaves) \
+                        and name not in self.result.reads_input:
+                    self.result.reads_input.append(name)
+        return hook
+
+    def _leave(self, name):
+        def hook(module, args, output):
+            if self.stack and self.stack[-1] == name:
+                self.stack.pop()
+            if name in self.layers and isinstance(output, torch.Tensor):
+                self.outputs.append((name, weakref.ref(output)))
+        return hook
+
+    def __enter__(self):
+        for name, module in self.model.named_modules():
+            if module is not self.model:  # the model's own hooks may be running now (see _watch_first_forward)
+                self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self.handles.append(module.register_forward_hook(self._leave(name), always_call=True))
+        self.mode = _WeightReads(self.owners, self.stack, self.result.read_directly)
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def probe_layers(model: nn.Module, example_inputs, example_kwargs=None) -> ProbeResult:
     """Run ``model(*example_inputs)`` once (eval mode, no gradients, every module's mode restored) and record, for every
     Conv2d/Linear: whether its forward ran, whether some other module used its weight directly (e.g.
     ``F.linear(x, self.qkv.weight, bias)`` in the parent: the layer then computes with whatever weight the parent
     reads, never through its own forward), whether it reads the model's input, whether the model returns its output."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    input_leaves = [t for t in tree_flatten(list(inputs))[0] if isinstance(t, torch.Tensor)]
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    owners: dict = {}
-    for n, m in layers.items():
-        owners.setdefault(id(m.weight), []).append(n)
-    result, stack, outputs = ProbeResult(), [], []
-
-    def enter(name):
-        def hook(module, args):
-            stack.append(name)
-            if name in layers:
-                result.ran.add(name)
-                if any(a is t for a in tree_flatten(list(args))[0] for t in input_leaves) \
-                        and name not in result.reads_input:
-                    result.reads_input.append(name)
-        return hook
-
-    def leave(name):
-        def hook(module, args, output):
-            if stack and stack[-1] == name:
-                stack.pop()
-            if name in layers and isinstance(output, torch.Tensor):
-                outputs.append((name, weakref.ref(output)))
-        return hook
-
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter(name)))
-        handles.append(module.register_forward_hook(leave(name), always_call=True))
+    kwargs = dict(example_kwargs or {})
+    input_leaves = [t for t in tree_flatten([list(inputs), kwargs])[0] if isinstance(t, torch.Tensor)]
     modes = [(m, m.training) for m in model.modules()]  # each module's own mode (e.g. frozen norms) comes back
+    _PROBING[0] += 1  # this forward is the check: watched models (see _watch_first_forward) stand by
     try:
         model.eval()
-        with torch.no_grad(), _WeightReads(owners, stack, result.read_directly):
-            out = model(*inputs)
+        with torch.no_grad(), _Recorder(model, input_leaves) as rec:
+            out = model(*inputs, **kwargs)
+        result = rec.result
         returned = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        for name, ref in outputs:
+        for name, ref in rec.outputs:
             t = ref()
             if t is not None and any(t is r for r in returned) and name not in result.gives_output:
                 result.gives_output.append(name)
     finally:
+        _PROBING[0] -= 1
         for m, training in modes:
             m.training = training
-        for h in handles:
-            h.remove()
     return result
+
+
+_PROBING = [0]  # probe forwards running now
+
+
+def input_size_probes(model: nn.Module) -> list:
+    """Random batches of one (fixed seed, the global RNG untouched) at the input size the model carries: timm's
+    ``pretrained_cfg['input_size']``, preceded by its patch embedding's ``img_size`` where that differs; [] when the
+    model says nothing about its input."""
+    cfg = _timm_cfg(model)
+    size = cfg.get("input_size") if cfg is not None else None
+    if not size or len(size) != 3:
+        return []
+    c, h, w = size
+    sizes = [(h, w)]
+    embed = getattr(model, "patch_embed", None)
+    img = getattr(embed, "img_size", None)
+    if isinstance(img, (tuple, list)) and len(img) == 2 and tuple(img) != (h, w):
+        sizes.insert(0, tuple(img))
+    stem = _resolve(model, cfg.get("first_conv"))
+    c = getattr(model.get_submodule(stem[0]), "in_channels", c) if stem else c  # an in_chans= kwarg
+    param = next(model.parameters(), None)
+    out = []
+    for h, w in sizes:
+        x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0))
+        out.append(x.to(param.device, param.dtype) if param is not None and param.is_floating_point() else x)
+    return out
+
+
+def _auto_probe(model: nn.Module):
+    """(the probe input that ran, its result) for a model carrying its input size (:func:`input_size_probes`),
+    (None, None) for one that does not; ValueError when no such input runs."""
+    candidates = input_size_probes(model)
+    errors = []
+    for x in candidates:
+        try:
+            return x, probe_layers(model, x)
+        except Exception as err:  # noqa: BLE001 - the next size, then a clear error
+            errors.append(f"{tuple(x.shape)}: {err}")
+    if errors:
+        raise ValueError(f"sparsify: the probe forward at the model's configured input size failed ({'; '.join(errors)}); "
+                         f"pass example_inputs=<an input the model accepts> (it finds the layers whose weight the model "
+                         f"reads outside their own forward)")
+    return None, None
 
 
 def _layer_names(model: nn.Module, module) -> list:
@@ -261,7 +326,7 @@ def _plain(layer: nn.Module) -> nn.Module:
     nn.Module.__init__(plain)
     plain.__dict__.update({k: v for k, v in layer.__dict__.items()
                            if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay",
-                                        "decay_mode", "_state")})
+                                        "decay_mode", "_state", "_nm_op_id", "_nm_watch")})
     plain._parameters = {"weight": layer.weight, "bias": layer.bias}
     plain._buffers, plain._modules = {}, {}
     return plain
@@ -279,7 +344,10 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
     by default the classifier(s) (:func:`find_classifiers`) and the stem (:func:`find_stem`), and, when
     ``example_inputs`` (a tensor or tuple the model accepts) is given, every layer whose weight the model reads
     outside the layer's own forward (found by one forward, :func:`probe_layers`; timm's BEiT/EVA/Swin-V2
-    ``qkv`` is made to run its own forward instead). Layers that are already N:M get the new settings, or
+    ``qkv`` is made to run its own forward instead). Without ``example_inputs`` a model carrying its input size
+    (timm's ``pretrained_cfg['input_size']``) is probed at that size; otherwise (or with ``example_inputs=False``)
+    the model's next forward is watched instead and raises ValueError if it reads an N:M layer's weight outside
+    the layer's forward: no forward ever computes with a dense weight counted as N:M. Layers that are already N:M get the new settings, or
     become plain dense layers again when they now stay dense.
     """
     pattern = NMPattern.parse(pattern)
@@ -289,7 +357,11 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
         raise ValueError(f"unknown decay_mode {decay_mode!r}: expected one of {', '.join(DECAY_MODES)}")
     if isinstance(exclude, str):
         exclude = (exclude,)
-    probe = probe_layers(model, example_inputs) if example_inputs is not None else None
+    probe = None
+    if example_inputs is None:  # a model that carries its input size is probed at it
+        example_inputs, probe = _auto_probe(model)
+    elif example_inputs is not False:
+        probe = probe_layers(model, example_inputs)
     classifiers = set(find_classifiers(model, probe)) if keep_classifier_dense else set()
     stem = set(find_stem(model, probe)) if keep_stem_dense else set()
 
@@ -341,7 +413,88 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             if partial:
                 notes[name] = f"partial group: the last {partial} of {shape[1]} channels zero-padded"
         report.layers.append(LayerEntry(name, kind, shape, reason is None, reason or notes.get(name, "")))
+    _watch_first_forward(model, probe is None and bool(report.sparse_layers))
     return report
+
+
+class FirstForwardWatch:
+    """Shared by a model sparsified without a probe and its N:M layers: ``pending`` until a forward of the model
+    showed that it reads no N:M layer's weight outside the layer's own forward."""
+
+    def __init__(self):
+        self.pending = True
+
+
+def _watch_first_forward(model: nn.Module, watch: bool) -> None:
+    """Hooks on ``model`` that check its next forward (the first after a :func:`sparsify` without a probe): a
+    sparse layer whose weight the model reads outside the layer's own forward raises there (see
+    :func:`_check_first_forward`), so a model is never evaluated with a dense weight counted as N:M. Its N:M layers
+    refuse FX symbolic tracing (which does not call the model's hooks) until then."""
+    token = FirstForwardWatch() if watch else None
+    model.__dict__["_nm_watch"] = token
+    for _, layer in sparse_layers(model):
+        layer.__dict__["_nm_watch"] = token
+    if watch and not model.__dict__.get("_nm_watching"):
+        model.register_forward_pre_hook(_first_forward_pre, with_kwargs=True)
+        model.register_forward_hook(_first_forward_post, always_call=True)
+        model.__dict__["_nm_watching"] = True
+
+
+def _first_forward_pre(model, args, kwargs):
+    watch = getattr(model, "_nm_watch", None)
+    if watch is not None and watch.pending and not _PROBING[0]:
+        _check_first_forward(model, args, kwargs)
+    return None
+
+
+def _first_forward_post(model, args, output):
+    recorder = getattr(model, "_nm_recorder", None)
+    if recorder is not None:
+        _finish_first_forward(model, recorder)
+    return None
+
+
+@torch.compiler.disable
+def _check_first_forward(model: nn.Module, args, kwargs) -> None:
+    """Record the model's first forward after an unprobed sparsify (eagerly, as it runs); under torch.compile or
+    torch.jit.trace a separate eager probe forward with these inputs instead; under FX symbolic tracing (no real
+    inputs) a clear error."""
+    model._nm_watch.pending = False
+    leaves = [t for t in tree_flatten([list(args), kwargs])[0] if isinstance(t, torch.Tensor)]
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        model._nm_watch.pending = True
+        raise ValueError(UNCHECKED_FX)
+    if torch._C._get_tracing_state() is not None:
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            _raise_if_read_around(model, probe_layers(model, args, kwargs))
+        finally:
+            torch._C._set_tracing_state(state)
+        return
+    recorder = _Recorder(model, leaves)
+    model.__dict__["_nm_recorder"] = recorder
+    recorder.__enter__()
+
+
+@torch.compiler.disable
+def _finish_first_forward(model: nn.Module, recorder: "_Recorder") -> None:
+    model.__dict__["_nm_recorder"] = None
+    recorder.__exit__(None, None, None)
+    _raise_if_read_around(model, recorder.result)
+
+
+def _raise_if_read_around(model: nn.Module, probe: ProbeResult) -> None:
+    """ValueError naming the N:M layers whose weight ``probe`` saw used outside their own forward."""
+    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
+    bad = sorted(n for n in probe.read_directly if n in sparse)
+    if bad:
+        model._nm_watch.pending = True  # every forward raises until the model is fixed
+        raise ValueError(f"the N:M layer(s) {', '.join(bad)} have their weight read outside their own forward (e.g. "
+                         f"F.linear(x, self.qkv.weight, ...) in the parent), so this forward computed with their dense "
+                         f"weight while they are counted N:M. sparsify() was given no example input to find them: "
+                         f"call sparsify(model, ..., example_inputs=<an input>) (such layers are kept dense, timm's "
+                         f"qkv made to run its own forward), or exclude them")
 
 
 def prune_once(model: nn.Module, pattern="2:4", exclude=(), keep_classifier_dense: bool = True,
@@ -373,7 +526,7 @@ def export_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
         plain = base.__new__(base)
         nn.Module.__init__(plain)
         plain.__dict__.update({k: v for k, v in layer.__dict__.items()
-                               if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay", "_state")})
+                               if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay", "decay_mode", "_state", "_nm_op_id", "_nm_watch")})
         plain._parameters = {"weight": nn.Parameter(weight.detach().clone(), layer.weight.requires_grad),
                              "bias": layer.bias}
         plain._buffers, plain._modules = {}, {}

@@ -37,7 +37,8 @@ REPRODUCTIONS = [
      "title": "Transformer-base on WMT14 En-De", "command": "WMT_ROOT=/path/to/wmt14 make reproduce-translation",
      "rows_env": "WMT_ROWS", "paper": "Transformer"},
     {"group": "Translation", "id": "translation-proxy", "dir": "translation-proxy", "thresholds": "translation_proxy",
-     "kind": "translation", "title": "Transformer proxy on Debian's dict-de-en (CPU)", "command": "make reproduce-translation",
+     "kind": "translation", "title": "Transformer proxy: English->German sentences of Debian's German message catalogs (CPU)",
+     "command": "make reproduce-translation",
      "paper": "Transformer"},
 ]
 # PNGs that the report draws afresh because what they show is computed here (the claims' verdicts)
@@ -248,7 +249,8 @@ def raft(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- translation
 TRANSLATION_COLUMNS = [("bleu_mean", "BLEU", ".2f"), ("bleu_tok_mean", "tokenized BLEU", ".2f"), ("chrf_mean", "chrF", ".1f"),
-                       ("valid_loss_mean", "valid NLL", ".3f"), ("sad_mean", "SAD", ".3f"), ("params_m", "Params (M)", ".4g"),
+                       ("valid_loss_mean", "valid NLL", ".3f"), ("test_nll_mean", "test NLL", ".3f"), ("sad_mean", "SAD", ".3f"),
+                       ("params_m", "Params (M)", ".4g"),
                        ("mflops", "MACs / pair (M)", ".4g")]
 
 
@@ -262,9 +264,39 @@ def translation(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
         for name, line in zip(rows, t["rows"]):
             line.insert(1, C.text_cell(str(seeds.get(name, "-"))))
     sec["tables"].append(t)
+    _translation_baselines(sec, res, href)
     _no_paper_numbers(sec, "translation (BLEU)")
     if not (ctx["results_dir"] / spec["dir"] / "plot.png").is_file():
         m = res.get("metrics", {}) or {}
         bleu = {r: m[f"{r}/bleu_mean"] for r in rows if f"{r}/bleu_mean" in m}
         if bleu:
             sec["plots"].append({"title": "BLEU per row", "uri": P.bars({"BLEU": bleu}, f"{spec['id']}: BLEU", "BLEU")})
+
+
+def _translation_baselines(sec: dict, res: dict, href: str) -> None:
+    """The proxy's baselines beside the models (same test set), dense vs retrieval, and sample translations."""
+    base, rows = res.get("baselines") or {}, res.get("rows") or []
+    if not base:
+        return
+    def interval(r, m, spec):
+        lo, hi = r.get(f"{m}_ci95") or [None, None]
+        mean = r.get(f"{m}_mean")
+        return C.text_cell("-" if mean is None else format(mean, spec) + ("" if lo is None else
+                                                                          f" [{format(lo, spec)}, {format(hi, spec)}]"))
+
+    cells = [[C.text_cell(f"{r['key']} ({len(r.get('seeds', []))} seeds)"), interval(r, "bleu", ".2f"), interval(r, "chrf", ".1f"),
+              interval(r, "test_nll", ".3f"), interval(r, "valid_loss", ".3f")] for r in rows]
+    for name, b in base.items():
+        cells.append([C.text_cell(f"baseline: {name}"), C.cell(b.get("bleu"), href, f"baselines.{name}.bleu", ".2f"),
+                      C.cell(b.get("chrf"), href, f"baselines.{name}.chrf", ".1f"), C.text_cell("-"), C.text_cell("-")])
+    vs = res.get("dense_vs_retrieval") or {}
+    note = "; ".join(f"dense - retrieval {m}: {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] (95% paired bootstrap over "
+                     f"test sentences, {v['resamples']} resamples, mean of {v['systems_a']} dense seeds)" for m, v in vs.items())
+    sec["tables"].append(C.table(["system", "BLEU", "chrF", "test NLL", "valid NLL"], cells,
+                                 "models (mean over seeds [95% t-interval]) beside the baselines on the same test set", note))
+    samples = res.get("samples") or []
+    if samples:
+        keys = [k for k in samples[0] if k not in ("src", "ref")]
+        sec["tables"].append(C.table(["source", "reference"] + keys,
+                                     [[C.text_cell(x["src"]), C.text_cell(x["ref"])] + [C.text_cell(x.get(k)) for k in keys]
+                                      for x in samples], "sample translations (seed 0 of each row; evenly spaced test sentences)"))

@@ -9,7 +9,8 @@ import timm
 import timm.data
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, load_checkpoint, register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, get_pretrained_cfg,
+                         load_checkpoint, register_model)
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.resnet import Bottleneck, ResNet
 
@@ -32,7 +33,6 @@ BASES = {
     "resnet50x1_25": ("resnet50x1_25", {}),
     "resnet18": ("resnet18", {}),
 }
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 # stem=: dense (default), nm (the core's channel groups, the last one zero-padded), authors (their flattened groups)
 STEMS = ("dense", "nm", "authors")
 AUTHORS_STEM_NOTE = "stem N:M in the authors' grouping: M consecutive weights of [out, kh, kw, in]"
@@ -74,7 +74,7 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
                 stem_layers = find_stem(model, None if probe is False else probe_layers(model, probe))
             report = sparsify(model, pattern, layer_method, decay, exclude=exclude,
                               keep_classifier_dense=keep_classifier_dense, keep_stem_dense=stem != "nm",
-                              example_inputs=None if probe is False else probe)
+                              example_inputs=probe)
             break
         except Exception as err:
             if probe is False:
@@ -167,7 +167,14 @@ def _default_probe_inputs(model: nn.Module, timm_kwargs: dict) -> list:
 def _check_on_load(module, state_dict, prefix, *_):
     """load_state_dict pre-hook of models made by :func:`create_model`: a sparse state_dict must not load
     silently into layers that are dense here (``strict=False`` would give the unmasked master weights), nor its
-    masks of one grouping into layers of the other (a stem="authors" checkpoint into a stem="nm" model)."""
+    masks of one grouping into layers of the other (a stem="authors" checkpoint into a stem="nm" model). Inside
+    timm's own ``load_checkpoint`` (``timm.create_model(name, checkpoint_path=...)``) the file is read as
+    :func:`load_local_checkpoint` reads it (the authors' files converted, their stem mask included)."""
+    path = _timm_checkpoint_path() if not prefix else None
+    if path is not None:
+        ours = read_local_checkpoint(module, path)
+        state_dict.clear()
+        state_dict.update(ours)
     own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     check_sparse_state_dict(module, own)
     _check_groupings(module, own)
@@ -204,17 +211,43 @@ def _unwrap(obj) -> Mapping:
     return {(k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _timm_checkpoint_path() -> "str | None":
+    """The file timm's own ``load_checkpoint`` is loading now (it calls ``model.load_state_dict`` with a state
+    dict that no longer says whose layout it was in), or None outside it."""
+    code = load_checkpoint.__code__  # timm.models.load_checkpoint, the one timm.create_model calls
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            path = frame.f_locals.get("checkpoint_path")
+            return str(path) if path is not None else None
+        frame = frame.f_back
+    return None
+
+
 def load_local_checkpoint(model: nn.Module, path: "str | Path", strict: bool = True) -> nn.Module:
     """Load a local checkpoint file into ``model``: a timm/torchvision state dict, ``{"model"|"state_dict": ...}``,
     a trainer checkpoint of this project, or the paper authors' released ResNet files (converted by
     :mod:`nm_plugins.timm.authors`). N:M masks missing from it follow the weights; masks for layers that are
     dense in ``model`` raise ValueError (export the checkpoint dense first, or sparsify the model alike)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist (only local files are loaded, no downloads)")
     if path.suffix in (".npz", ".npy"):  # timm's numpy (big_vision) checkpoints: the model's own loader
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {path} does not exist (only local files are loaded)")
         load_checkpoint(model, str(path), strict=strict)
         return model
+    state_dict = read_local_checkpoint(model, path)
+    check_sparse_state_dict(model, state_dict)
+    _check_groupings(model, state_dict)
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+def read_local_checkpoint(model: nn.Module, path: "str | Path") -> dict:
+    """The state dict that :func:`load_local_checkpoint` loads from ``path`` into ``model`` (wrappers and
+    ``module.`` prefixes removed, the authors' files converted for ``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist (only local files are loaded, no downloads)")
     if path.suffix == ".safetensors":
         obj = timm_load_state_dict(str(path), use_ema=False)
     else:
@@ -223,11 +256,7 @@ def load_local_checkpoint(model: nn.Module, path: "str | Path", strict: bool = T
         pattern = getattr(model, "nm_config", {}).get("pattern")
         converted = convert_if_authors(obj, pattern=pattern, model=model)
         obj = obj if converted is obj else converted
-    state_dict = _unwrap(obj)
-    check_sparse_state_dict(model, state_dict)
-    _check_groupings(model, state_dict)
-    model.load_state_dict(state_dict, strict=strict)
-    return model
+    return _unwrap(obj)
 
 
 def asp_prune(model: nn.Module) -> SparsityReport:
@@ -296,12 +325,25 @@ def resnet50x1_25(pretrained: bool = False, **kwargs) -> nn.Module:
     the dense base of the paper's 2:8 row (11.8M params / 1.79G FLOPs at 2:8 in the paper). No weights."""
     if pretrained:
         raise ValueError("resnet50x1_25 has no pretrained weights; train it or pass checkpoint_path=")
-    for key in _TIMM_ONLY_KWARGS:
-        kwargs.pop(key, None)
     args = dict(block=Bottleneck, layers=(3, 4, 6, 3), channels=(80, 160, 320, 640), stem_width=80)
-    return build_model_with_cfg(WideStemResNet, "resnet50", False, **dict(args, **kwargs))
+    return build_model_with_cfg(WideStemResNet, "resnet50x1_25", False, **dict(args, **kwargs))
 
 
+def _base_cfgs(base: str) -> dict:
+    """{"<tag>": PretrainedCfg} of a base architecture in timm's registry, its default tag first."""
+    return {name.partition(".")[2]: cfg for name, cfg in get_arch_pretrained_cfgs(base).items()}
+
+
+def _untrained_cfg(like: str):
+    """timm's pretrained cfg of ``like`` without its weights (the data config of an architecture we train)."""
+    from dataclasses import replace
+    return replace(get_pretrained_cfg(like), hf_hub_id=None, url=None, file=None, state_dict=None, tag=None,
+                   hf_hub_filename=None, source=None, license=None, origin_url=None, paper_ids=None)
+
+
+# timm's register_model reads this module's ``default_cfgs``: resnet50x1_25 gets ResNet-50's data config (no
+# weights), and every nm_* name the pretrained cfgs (tags) of its base architecture
+default_cfgs = generate_default_cfgs({"resnet50x1_25": _untrained_cfg("resnet50")})
 register_model(resnet50x1_25)
 
 
@@ -309,10 +351,14 @@ def _make_entrypoint(model_name: str, base: str, method: str, pattern: str):
     arch, arch_kwargs = BASES[base]
 
     def entrypoint(pretrained: bool = False, **kwargs) -> nn.Module:
-        for key in _TIMM_ONLY_KWARGS:
-            kwargs.pop(key, None)
+        # pretrained_cfg (a tag such as "tv_in1k"), pretrained_cfg_overlay and cache_dir go to the base model's
+        # own timm entrypoint: the same tags and local files as timm.create_model(arch, ...)
         kwargs = {**arch_kwargs, **kwargs}
-        return create_model(arch, pattern=pattern, method=method, pretrained=pretrained, **kwargs)
+        model = create_model(arch, pattern=pattern, method=method, pretrained=pretrained, **kwargs)
+        cfg = getattr(model, "pretrained_cfg", None)
+        if isinstance(cfg, Mapping):
+            model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": model_name}
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = model_name
     entrypoint.__module__ = __name__
@@ -334,6 +380,9 @@ def _register_all() -> None:
             for pattern in PAPER_PATTERNS:
                 name = f"nm_{base}_{method}_{pattern.replace(':', '_')}"
                 fn = _make_entrypoint(name, base, method, pattern)
+                default_cfgs.update(generate_default_cfgs(
+                    {f"{name}.{tag}{'*' if i == 0 else ''}" if tag else name: cfg
+                     for i, (tag, cfg) in enumerate(_base_cfgs(BASES[base][0]).items())}))
                 setattr(module, name, fn)
                 register_model(fn)
 

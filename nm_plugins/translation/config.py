@@ -14,7 +14,8 @@ DEFAULTS = {
     "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4},
     "data": {"corpus": "wmt14_en_de", "root": None, "src": "en", "tgt": "de", "vocab_size": 32000,
              "max_tokens": 4096, "max_len": 250, "max_len_ratio": 1.5, "min_words": 2, "max_words": 10,
-             "common_words": None, "split_fractions": [0.02, 0.02],
+             "split_fractions": [0.02, 0.02],
+             "packages": "configs/translation/catalogs_de.yaml", "catalog_root": "data/catalogs",
              "train_subset": None, "valid_subset": None, "test_subset": None, "cache_dir": "data/translation",
              "vocab_sentences": 2000000},
     "optim": {"max_steps": 100000, "lr": 7.0e-4, "warmup_steps": 4000, "betas": [0.9, 0.98], "eps": 1.0e-9,
@@ -25,7 +26,7 @@ DEFAULTS = {
     "decode": {"beam": 4, "lenpen": 0.6, "max_len_a": 1.0, "max_len_b": 50, "batch_sentences": 128,
                "examples": 5},
 }
-CORPORA = ("wmt14_en_de", "dict_de_en")
+CORPORA = ("wmt14_en_de", "debian_catalogs")
 
 
 def load_config(path: "str | Path | None" = None, overrides=()) -> dict:

@@ -1,4 +1,4 @@
-"""Corpora (the dict-de-en proxy, WMT14 En-De), their encoded form, token-based batches.
+"""Corpora (the Debian-catalog proxy, WMT14 En-De), their encoded form, token-based batches.
 
 WMT14 layout expected under ``WMT_ROOT`` (``data.root``), plain text, one sentence per line, line-aligned:
   training   ``train.en`` + ``train.de``; without them the concatenation of the WMT14 corpora
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dictionary import build_pairs, find_dictionary, read_entries
+from .catalogs import build_corpus
 from .model import BOS, EOS, PAD
 
 SPLITS = ("train", "valid", "test")
@@ -38,22 +38,25 @@ def _read_lines(path: Path) -> list[str]:
     return text.rstrip("\n").split("\n") if text.strip() else []
 
 
-def prepare_dict_corpus(cache_dir: "str | Path", min_words: int, max_words: int, root=None, common_words=None,
-                        fractions=(0.02, 0.02)) -> dict:
-    """Write (once) the dict-de-en split as ``{split}.de`` / ``{split}.en`` text files under ``cache_dir``;
-    returns {split: {"de": path, "en": path}}."""
-    index, data = find_dictionary(root)
-    key = hashlib.sha256(f"{index.stat().st_size}:{data.stat().st_size}:{min_words}:{max_words}:{common_words}:"
-                         f"{list(fractions)}:v2".encode())
-    folder = Path(cache_dir) / f"dict-de-en_{key.hexdigest()[:12]}"
+def prepare_catalog_corpus(cache_dir: "str | Path", packages_file: "str | Path", catalog_root: "str | Path",
+                           min_words: int, max_words: int, fractions=(0.05, 0.08)) -> dict:
+    """Write the Debian-catalog corpus (nm_plugins/translation/catalogs.py) as ``{split}.en`` / ``{split}.de`` text
+    files and ``sources.json`` (per-catalog counts and versions) under ``cache_dir``, rebuilt when the
+    catalogs or rules change; returns {split: {"en": path, "de": path}}."""
+    import json
+
+    from nm_plugins.runtime.config import read_yaml
+    packages = read_yaml(Path(packages_file))["packages"]
+    corpus = build_corpus(packages, catalog_root, min_words, max_words, fractions[0], fractions[1])
+    digest = hashlib.sha256(json.dumps([[(p.en, p.de) for p in corpus["splits"][s]] for s in SPLITS]).encode())
+    folder = Path(cache_dir) / f"catalogs-en-de_{digest.hexdigest()[:12]}"
     files = {s: {lang: folder / f"{s}.{lang}" for lang in ("de", "en")} for s in SPLITS}
     if not all(p.is_file() for f in files.values() for p in f.values()):
         folder.mkdir(parents=True, exist_ok=True)
-        splits = build_pairs(read_entries(root), min_words=min_words, max_words=max_words, valid_fraction=fractions[0],
-                             test_fraction=fractions[1], common_words=common_words)
         for s in SPLITS:
-            _write_lines(files[s]["de"], (de for de, _ in splits[s]))
-            _write_lines(files[s]["en"], (en for _, en in splits[s]))
+            _write_lines(files[s]["de"], (p.de for p in corpus["splits"][s]))
+            _write_lines(files[s]["en"], (p.en for p in corpus["splits"][s]))
+        (folder / "sources.json").write_text(json.dumps(corpus["sources"], indent=1))
     return files
 
 

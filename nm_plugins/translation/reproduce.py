@@ -1,11 +1,13 @@
-"""``make reproduce-translation``: Transformer N:M translation on WMT14 En-De, or its embedded dict-de-en proxy.
+"""``make reproduce-translation``: Transformer N:M translation on WMT14 En-De, or its Debian-catalog proxy.
 
 Environment:
   WMT_ROOT        WMT14 En-De raw text (layout: nm_plugins/translation/data.py): train every
                   configs/translation/wmt14_en_de_*.yaml row through torchrun (resuming a row from its checkpoint),
                   then check ci/thresholds/translation.yaml. Unset: the proxy grid (dense, SR-STE 2:4, STE 2:4,
-                  SR-STE 4:8) x 5 seeds on dict-de-en German -> English (configs/translation/proxy_dict_de_en.yaml),
-                  checked against ci/thresholds/translation_proxy.yaml.
+                  SR-STE 4:8) x 5 seeds on English -> German sentences of Debian's German gettext catalogs
+                  (configs/translation/proxy_catalogs_en_de.yaml), with the copy and retrieval baselines on the same
+                  test set, checked against ci/thresholds/translation_proxy.yaml. A run whose summary.json exists
+                  (same config) is not run again, so an interrupted grid resumes.
   NPROC_PER_NODE  processes for torchrun (default: number of GPUs, else 1).
   SMOKE=1         a short version (proxy: a tiny model for 40 updates, < 2 minutes; WMT: a few updates per row).
   RESULTS_DIR     where results.json/results.md/plot/examples go (default results/translation-proxy or
@@ -28,7 +30,7 @@ from nm_plugins.runtime.project import project_root, reproduce_parser, require_p
 from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
 REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
-PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_dict_de_en.yaml"
+PROXY_CONFIG = REPO / "configs" / "translation" / "proxy_catalogs_en_de.yaml"
 WMT_CONFIGS = REPO / "configs" / "translation"
 PROXY_GRID = [("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"), ("srste", "4:8")]
 PROXY_SEEDS = (0, 1, 2, 3, 4)  # paired over seeds: the claims' 95% t-intervals need several
@@ -60,6 +62,7 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
     import statistics
 
     from nm_plugins.runtime.results import machine_info
+    from nm_plugins.verdicts.claims import t_interval
     groups: dict = {}
     for s in summaries:
         groups.setdefault(row_key(s), []).append(s)
@@ -69,11 +72,19 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
                "params": runs[0]["params"], "flops": runs[0]["flops"],
                "flops_output_projection": runs[0]["flops_output_projection"], "params_embedding": runs[0]["params_embedding"],
                "seconds": [r["seconds"] for r in runs], "masks_sha": [r["masks_sha"] for r in runs]}
-        for m in ("bleu", "chrf", "bleu_tok", "sad_final", "valid_loss"):
-            values = [r[m] for r in runs]
+        for m in ("bleu", "chrf", "bleu_tok", "sad_final", "valid_loss", "test_nll"):
+            values = [r.get(m) for r in runs]
+            if any(v is None for v in values):  # test_nll: not in WMT summaries written before it existed
+                continue
             row[m] = values
             row[f"{m}_mean"] = statistics.fmean(values)
             row[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            ci = t_interval(values)
+            row[f"{m}_ci95"] = [ci["lo"], ci["hi"]]
+            if ci["lo"] is not None:
+                metrics[f"{key}/{m}_ci_lo"], metrics[f"{key}/{m}_ci_hi"] = ci["lo"], ci["hi"]
+        if "test_nll_mean" in row:
+            metrics[f"{key}/test_nll_mean"] = row["test_nll_mean"]
         rows.append(row)
         metrics.update({f"{key}/bleu_mean": row["bleu_mean"], f"{key}/chrf_mean": row["chrf_mean"],
                         f"{key}/bleu_tok_mean": row["bleu_tok_mean"], f"{key}/sad_mean": row["sad_final_mean"],
@@ -85,13 +96,14 @@ def aggregate(summaries: list, name: str, extra: dict) -> dict:
 
 
 def per_seed_values(summaries: list) -> dict:
-    """{row: {"bleu"|"bleu_tok"|"chrf"|"valid_loss"|"sad": {seed: value}}} of run summaries, for the paired claim statistics."""
+    """{row: {"bleu"|"bleu_tok"|"chrf"|"valid_loss"|"test_nll"|"sad": {seed: value}}} of run summaries, for the paired claim statistics."""
     out: dict = {}
     for s in summaries:
         row = out.setdefault(row_key(s), {})
         for metric, key in (("bleu", "bleu"), ("bleu_tok", "bleu_tok"), ("chrf", "chrf"), ("valid_loss", "valid_loss"),
-                            ("sad", "sad_final")):
-            row.setdefault(metric, {})[str(s["seed"])] = s[key]
+                            ("sad", "sad_final"), ("test_nll", "test_nll")):
+            if s.get(key) is not None:
+                row.setdefault(metric, {})[str(s["seed"])] = s[key]
     return out
 
 
@@ -110,17 +122,19 @@ def write_results(results: dict, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_results_json(out / "results.json", results)
     lines = [f"# {results['name']}", "", results.get("description", ""), "",
-             "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | Params | MACs / pair (20+20 tok.) | s / run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| row | seeds | BLEU | chrF | tokenized BLEU | SAD (final, norm.) | valid NLL | test NLL | Params | MACs / pair (20+20 tok.) | s / run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["rows"]:
         pm = lambda m: f"{r[m + '_mean']:.2f} ± {r[m + '_std']:.2f}"  # noqa: E731
+        test_nll = f"{r['test_nll_mean']:.3f} ± {r['test_nll_std']:.3f}" if "test_nll_mean" in r else "-"
         lines.append(f"| {r['key']} | {len(r['seeds'])} | {pm('bleu')} | {pm('chrf')} | {pm('bleu_tok')} | "
-                     f"{r['sad_final_mean']:.4f} | {r['valid_loss_mean']:.3f} | {r['params'] / 1e6:.3f}M | "
+                     f"{r['sad_final_mean']:.4f} | {r['valid_loss_mean']:.3f} ± {r['valid_loss_std']:.3f} | {test_nll} | {r['params'] / 1e6:.3f}M | "
                      f"{r['flops'] / 1e6:.2f}M | {sum(r['seconds']) / len(r['seconds']):.0f} |")
     first = results["rows"][0]
     lines += ["", f"Params and MACs count kept weights only; the tied embedding / output projection is dense "
               f"({first['params_embedding'] / 1e6:.3f}M params, {first['flops_output_projection'] / 1e6:.2f}M of the MACs).",
               "", "sacrebleu signatures: " + "; ".join(f"{k}: `{v}`" for k, v in results["signatures"].items()), ""]
+    lines += baseline_lines(results)
     write_text(out / "results.md", "\n".join(lines) + "\n")
     ex = ["# Example translations (first test sentences, seed " + str(results["runs"][0]["seed"]) + ")", ""]
     seen = set()
@@ -135,6 +149,36 @@ def write_results(results: dict, out: Path) -> dict:
     plot = out / "plot.png"
     _plot(results, plot)
     return {"json": out / "results.json", "markdown": out / "results.md", "examples": out / "examples.md", "plot": plot}
+
+
+def baseline_lines(results: dict) -> list:
+    """Markdown of the proxy's baselines beside the rows (95% t-intervals over seeds), dense vs retrieval (paired
+    bootstrap over test sentences) and sample translations; none for results without baselines (WMT)."""
+    if not results.get("baselines"):
+        return []
+    ci = lambda r, m, f: (f"{r[m + '_mean']:{f}} [{r[m + '_ci95'][0]:{f}}, {r[m + '_ci95'][1]:{f}}]"  # noqa: E731
+                          if r.get(m + "_ci95") and r[m + "_ci95"][0] is not None else f"{r[m + '_mean']:{f}}")
+    lines = ["## Models beside the baselines (same test set; mean over seeds [95% t-interval])", "",
+             "| system | BLEU | chrF | test NLL | valid NLL |", "| --- | --- | --- | --- | --- |"]
+    for r in results["rows"]:
+        lines.append(f"| {r['key']} | {ci(r, 'bleu', '.2f')} | {ci(r, 'chrf', '.1f')} | {ci(r, 'test_nll', '.3f')} | "
+                     f"{ci(r, 'valid_loss', '.3f')} |")
+    for name, b in results["baselines"].items():
+        lines.append(f"| baseline: {name} | {b['bleu']:.2f} | {b['chrf']:.1f} | - | - |")
+    lines.append("")
+    for m, v in results.get("dense_vs_retrieval", {}).items():
+        lines.append(f"- dense - retrieval, {m}: {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] (95% paired bootstrap over "
+                     f"test sentences, {v['resamples']} resamples, mean of {v['systems_a']} dense seeds vs retrieval)")
+    c = results.get("corpus", {}).get("splits", {})
+    lines += ["", f"Corpus: {sum(c.values()):,} pairs (train {c.get('train', 0):,}, valid {c.get('valid', 0):,}, "
+              f"test {c.get('test', 0):,}); docs/translation_corpus.md. Test hypotheses of every run: hypotheses/*.txt.gz "
+              f"(one line per test sentence of hypotheses/test.src-ref.tsv.gz).", "", "## Sample translations", ""]
+    samples = results.get("samples") or []
+    if samples:
+        keys = list(samples[0])
+        lines += ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+        lines += ["| " + " | ".join(str(x.get(k, "")).replace("|", "\\|") for k in keys) + " |" for x in samples]
+    return lines + [""]
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -189,9 +233,11 @@ def proxy_runs(smoke: bool, runs_dir: Path) -> list:
 
 
 def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
-    """The dict-de-en grid in PROXY_WORKERS processes (default: 2, one torch thread each), results, check."""
+    """The Debian-catalog grid in PROXY_WORKERS processes (default: 2, one torch thread each), the baselines on
+    the same test set, hypotheses stored, results, check."""
     import concurrent.futures
     import multiprocessing
+    import resource
 
     from .config import load_config
     from .train import prepare_data
@@ -208,26 +254,44 @@ def reproduce_proxy(smoke: bool, results_dir: Path) -> int:
         for future in concurrent.futures.as_completed(futures):
             i = futures[future]
             summary = summaries[i] = future.result()
-            print(f"{grid[i][0]:>14}: BLEU {summary['bleu']:.2f} chrF {summary['chrf']:.2f} SAD {summary['sad_final']:.4f} "
-                  f"({summary['seconds']:.0f} s train, {summary['decode_seconds']:.0f} s decode)", flush=True)
-    load1 = os.getloadavg()
-    wall = time.time() - t0
-    description = (f"dict-de-en German->English proxy of the WMT14 table ({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
-                   f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
-                   f"seeds {list(SMOKE_SEEDS if smoke else PROXY_SEEDS)}; {summaries[0]['test_sentences']} test pairs, "
-                   f"beam {load_config(PROXY_CONFIG, grid[0][1])['decode']['beam']}; {workers} worker processes with one "
-                   f"torch thread each. Wall time {wall:.0f} s; load average at start / end {load0[0]:.1f} / "
-                   f"{load1[0]:.1f} on {os.cpu_count()} cores.")
-    results = aggregate(summaries, "translation-proxy" + ("-smoke" if smoke else ""),
-                        {"description": description, "wall_seconds": wall, "smoke": smoke, "workers": workers,
-                         "load_average": {"start": load0[0], "end": load1[0]}, "config": str(PROXY_CONFIG.relative_to(REPO))})
-    thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
+            print(f"{grid[i][0]:>14}: BLEU {summary['bleu']:.2f} chrF {summary['chrf']:.2f} test NLL {summary['test_nll']:.3f} "
+                  f"SAD {summary['sad_final']:.4f} ({summary['seconds']:.0f} s train, {summary['decode_seconds']:.0f} s decode)",
+                  flush=True)
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timing = {"wall_seconds": time.time() - t0, "cpu_seconds": cpu.ru_utime + cpu.ru_stime,
+              "load_average": {"start": load0[0], "end": os.getloadavg()[0]}, "workers": workers}
+    results = proxy_results(summaries, smoke, results_dir, timing)
     if subset is not None:
         paths = write_results(results, results_dir)
         print(paths["markdown"].read_text())
         print(f"GRID_ONLY selects {len(grid)} of {len(proxy_runs(smoke, runs_dir))} runs: no threshold check")
         return 0
+    thresholds = REPO / "ci" / "thresholds" / ("translation_proxy_smoke.yaml" if smoke else "translation_proxy.yaml")
     return finish(results, results_dir, thresholds)
+
+
+def proxy_results(summaries: list, smoke: bool, results_dir: Path, timing: dict) -> dict:
+    """The results of the proxy runs ``summaries``: rows, baselines on the same test set, dense vs retrieval,
+    stored hypotheses, samples; ``timing``: wall_seconds, cpu_seconds, load_average {start, end}, workers."""
+    from .config import load_config
+    from .proxy_results import baselines_and_intervals
+    cfg0 = load_config(PROXY_CONFIG, PROXY_SMOKE_OVERRIDES if smoke else [])
+    extra = baselines_and_intervals(summaries, cfg0, results_dir, row_key)
+    metrics_extra = extra.pop("metrics_extra")
+    load = timing["load_average"]
+    description = (f"English->German sentences of Debian's German gettext catalogs, proxy of the WMT14 table "
+                   f"({'SMOKE schedule' if smoke else 'full proxy schedule'}): "
+                   f"{PROXY_CONFIG.relative_to(REPO)} with {' '.join(PROXY_SMOKE_OVERRIDES) if smoke else 'no overrides'}; "
+                   f"seeds {sorted({s['seed'] for s in summaries})}; {summaries[0]['test_sentences']} test pairs, "
+                   f"beam {cfg0['decode']['beam']}; {timing['workers']} worker processes with one torch thread each. Wall "
+                   f"time {timing['wall_seconds']:.0f} s, CPU time of the workers {timing['cpu_seconds']:.0f} s; load "
+                   f"average at start / end {load['start']:.1f} / {load['end']:.1f} on {os.cpu_count()} cores (a load above "
+                   f"the worker count means the machine was shared).")
+    results = aggregate(summaries, "translation-proxy" + ("-smoke" if smoke else ""),
+                        {"description": description, **timing, "smoke": smoke,
+                         "config": str(PROXY_CONFIG.relative_to(REPO)), **extra})
+    results["metrics"].update(metrics_extra)
+    return results
 
 
 def wmt_rows() -> list:

@@ -1,4 +1,4 @@
-"""N:M Transformer translation trainer (SR-STE / STE / dense) on WMT14 En-De or the dict-de-en proxy.
+"""N:M Transformer translation trainer (SR-STE / STE / dense) on WMT14 En-De or the Debian-catalog proxy.
 
     python -m nm_plugins.translation.train --config configs/translation/wmt14_en_de_srste_2_4.yaml data.root=/data/wmt14
     torchrun --nproc_per_node 8 -m nm_plugins.translation.train --config ... data.root=/data/wmt14
@@ -7,12 +7,15 @@
 Writes to ``train.out_dir`` (default runs/NAME): checkpoint.pt (atomic, every ``train.ckpt_every`` steps, with
 RNG states and the data position, so a resumed run is identical to an uninterrupted one), the last
 ``train.keep_last`` step checkpoints' weights (for ``train.average_last`` averaging), log.jsonl and tb/ (loss,
-lr, tokens/s, validation loss, SAD per layer and model), translations.txt and summary.json (BLEU, chrF,
+lr, tokens/s, validation loss, SAD per layer and model), translations.tsv.gz (source, reference, hypothesis
+per test sentence) and summary.json (test NLL per token, BLEU, chrF,
 tokenized BLEU with sacrebleu signatures, Params, FLOPs, SAD). Test decoding runs on rank 0.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gzip
 import json
 import math
 import os
@@ -34,10 +37,10 @@ from nm_plugins.runtime.training import (RunLogger, init_distributed, load_check
                                       shutdown_distributed)
 
 from .config import load_config
-from .data import collate, epoch_order, load_split, make_batches, prepare_dict_corpus, wmt_files
+from .data import collate, epoch_order, load_split, make_batches, prepare_catalog_corpus, wmt_files
 from .metrics import translation_scores
 from .model import PAD, build_model
-from .search import beam_search
+from .search import beam_search, greedy
 from .vocab import train_vocab
 from nm_plugins.runtime.project import project_root
 
@@ -58,9 +61,9 @@ def prepare_data(cfg: dict) -> tuple:
     ``data.cache_dir`` (made by rank 0 first under torchrun)."""
     d = cfg["data"]
     cache = Path(d["cache_dir"]) if Path(d["cache_dir"]).is_absolute() else REPO / d["cache_dir"]
-    if d["corpus"] == "dict_de_en":
-        files = prepare_dict_corpus(cache, d["min_words"], d["max_words"], root=d["root"], common_words=d["common_words"],
-                                    fractions=d["split_fractions"])
+    if d["corpus"] == "debian_catalogs":
+        files = prepare_catalog_corpus(cache, REPO / d["packages"], REPO / d["catalog_root"], d["min_words"],
+                                       d["max_words"], fractions=d["split_fractions"])
     else:
         if not d["root"]:
             raise ValueError("config: data.root (WMT_ROOT) is required for data.corpus wmt14_en_de")
@@ -113,7 +116,8 @@ def evaluate_loss(model, split, batches, info, amp: bool) -> dict:
 
 
 def translate(model, vocab, split, cfg: dict, device, amp: bool) -> list[str]:
-    """Beam-search translations (``decode`` section) of every source of ``split``, in order."""
+    """Beam-search translations (``decode`` section; beam 1: greedy, the same result faster) of every source of
+    ``split``, in order."""
     dec = cfg["decode"]
     model.eval()
     from .data import _lengths
@@ -123,7 +127,8 @@ def translate(model, vocab, split, cfg: dict, device, amp: bool) -> list[str]:
         idx = order[start:start + dec["batch_sentences"]]
         src = collate(split, idx, device)["src"]
         with _autocast(device, amp):
-            hyps = beam_search(model, src, dec["beam"], dec["lenpen"], dec["max_len_a"], dec["max_len_b"])
+            hyps = greedy(model, src, dec["max_len_a"], dec["max_len_b"]) if dec["beam"] == 1 else \
+                beam_search(model, src, dec["beam"], dec["lenpen"], dec["max_len_a"], dec["max_len_b"])
         for i, text in zip(idx, vocab.decode(hyps)):
             out[i] = text
     model.train()
@@ -287,9 +292,12 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
     hyps = translate(model, vocab, splits["test"], cfg, info.device, tr["amp"])
     scores = translation_scores(hyps, splits["test"].tgt_text)
     decode_seconds = time.time() - t0
-    with open(out_dir / "translations.txt", "w", encoding="utf-8") as f:
+    with gzip.open(out_dir / "translations.tsv.gz", "wt", encoding="utf-8") as f:
         for src, ref, hyp in zip(splits["test"].src_text, splits["test"].tgt_text, hyps):
-            f.write(f"{src}\t{ref}\t{hyp}\n")
+            f.write(f"{src}\t{ref}\t{hyp}\n".replace("\r", " "))
+    # rank 0 alone: no collective reduction (world size 1 for this evaluation)
+    test_nll = evaluate_loss(model, splits["test"], make_batches(splits["test"], cfg["data"]["max_tokens"], 0),
+                             dataclasses.replace(info, rank=0, world_size=1), tr["amp"])
     counts = params_flops(model, 20)
     last_valid = next((h["valid"] for h in reversed(history) if h["valid"]), None)
     n_ex = cfg["decode"]["examples"]
@@ -297,12 +305,13 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
                "pattern": None if sp["method"] == "dense" else sp["pattern"], "seed": int(tr["seed"]),
                **{k: scores[k] for k in ("bleu", "chrf", "bleu_tok", "bleu_bp", "sys_len", "ref_len")},
                "signatures": scores["signatures"], "test_sentences": scores["sentences"],
-               "valid_loss": last_valid["loss"] if last_valid else None, **counts,
+               "valid_loss": last_valid["loss"] if last_valid else None, "test_nll": test_nll["loss"],
+               "test_tokens": test_nll["tokens"], **counts,
                "vocab_size": len(vocab), "averaged_checkpoints": [p.name for p in averaged] if len(averaged) > 1 else [],
                "sad_final": history[-1]["sad_init"] if history else 0.0, "sad_curve": [h["sad_init"] for h in history],
                "sad_steps": [h["step"] for h in history], "valid_curve": [h["valid"]["loss"] if h["valid"] else None for h in history],
                "steps": cfg["optim"]["max_steps"], "world_size": info.world_size, "seconds": seconds,
-               "decode_seconds": decode_seconds, "masks_sha": masks, "out_dir": str(out_dir),
+               "decode_seconds": decode_seconds, "masks_sha": masks, "out_dir": str(out_dir), "config": cfg,
                "examples": [{"src": s, "ref": r, "hyp": h} for s, r, h in
                             list(zip(splits["test"].src_text, splits["test"].tgt_text, hyps))[:n_ex]]}
     write_json(out_dir / "summary.json", summary)
