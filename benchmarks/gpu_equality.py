@@ -50,7 +50,7 @@ def model_specs(tiny: bool) -> dict:
         return {"resnet": [("2:4", REPO / "configs/imagenet/resnet18_srste_2_4.yaml")],
                 "mmdet": [("2:4", REPO / "configs/mmdet/faster-rcnn_r18-w16_fpn_srste-2-4_proxy.py")],
                 "raft": [("2:4", "small")],
-                "translation": [("2:4", REPO / "configs/translation/proxy_dict_de_en.yaml")]}
+                "translation": [("2:4", REPO / "configs/translation/proxy_catalogs_en_de.yaml")]}
     return {"resnet": _configs("imagenet", "resnet50_srste_{}.yaml", ("2:4", "4:8", "2:8", "1:4")),
             "mmdet": _configs("mmdet", "faster-rcnn_r50_fpn_srste-{}_1x_coco.py", ("2:4", "4:8", "2:8", "1:4")),
             "raft": [("2:4", "large")],

@@ -10,6 +10,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: compiled code objects of earlier tests count against dynamo's recompile
+    limit (8) and made later compile tests of the same layers fail only when run in the whole suite."""
+    import sys
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of tiny models: faster than two (and far faster on a busy machine)."""

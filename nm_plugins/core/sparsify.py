@@ -436,6 +436,7 @@ def _watch_first_forward(model: nn.Module, watch: bool) -> None:
         layer.__dict__["_nm_watch"] = token
     if watch and not model.__dict__.get("_nm_watching"):
         model.register_forward_pre_hook(_first_forward_pre, with_kwargs=True)
+        model.register_forward_hook(_first_forward_post, always_call=True)
         model.__dict__["_nm_watching"] = True
 
 
@@ -446,21 +447,48 @@ def _first_forward_pre(model, args, kwargs):
     return None
 
 
+def _first_forward_post(model, args, output):
+    recorder = getattr(model, "_nm_recorder", None)
+    if recorder is not None:
+        _finish_first_forward(model, recorder)
+    return None
+
+
 @torch.compiler.disable
 def _check_first_forward(model: nn.Module, args, kwargs) -> None:
-    """Before the model's first forward after an unprobed sparsify: one eager probe forward with these inputs (eval
-    mode, no gradients, every module's mode restored; outside torch.compile's and torch.jit.trace's recording);
-    under FX symbolic tracing (no real inputs) a clear error."""
+    """Record the model's first forward after an unprobed sparsify (eagerly, as it runs); under torch.compile or
+    torch.jit.trace a separate eager probe forward with these inputs instead; under FX symbolic tracing (no real
+    inputs) a clear error."""
     model._nm_watch.pending = False
+    leaves = [t for t in tree_flatten([list(args), kwargs])[0] if isinstance(t, torch.Tensor)]
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         model._nm_watch.pending = True
         raise ValueError(UNCHECKED_FX)
-    state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        _raise_if_read_around(model, probe_layers(model, args, kwargs))
-    finally:
-        torch._C._set_tracing_state(state)
+    if torch._C._get_tracing_state() is not None:
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            _raise_if_read_around(model, probe_layers(model, args, kwargs))
+        finally:
+            torch._C._set_tracing_state(state)
+        return
+    recorder = _Recorder(model, leaves)
+    recorder.args, recorder.kwargs = args, kwargs  # for the eager probe when the forward turns out opaque
+    model.__dict__["_nm_recorder"] = recorder
+    recorder.__enter__()
+
+
+@torch.compiler.disable
+def _finish_first_forward(model: nn.Module, recorder: "_Recorder") -> None:
+    model.__dict__["_nm_recorder"] = None
+    recorder.__exit__(None, None, None)
+    probe = recorder.result
+    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
+    if not probe.ran or set(probe.read_directly) & probe.ran & sparse:
+        # a layer seen running AND read outside its forward (or none seen running): a compiled forward, whose ops
+        # run outside the module hooks' order, cannot tell; one eager probe forward decides instead
+        probe = probe_layers(model, recorder.args, recorder.kwargs)
+    _raise_if_read_around(model, probe)
 
 
 def _raise_if_read_around(model: nn.Module, probe: ProbeResult) -> None:
