@@ -273,7 +273,7 @@ def test_chromium_renders_every_section_and_a_screenshot(committed, tmp_path):
     for h in claim_heads:
         for col in ("smallest effect", "MDE (80% power)", "seeds needed", "Holm p", "verdict"):
             assert col in h, (col, h)
-    for sid in ("imagenet-proxy", "coco-det-proxy", "raft-proxy", "raft-proxy-bf16"):
+    for sid in ("imagenet-proxy", "imagenet-proxy-study", "coco-det-proxy", "raft-proxy", "raft-proxy-bf16"):
         assert "What this run can and cannot tell." in section_text(page, sid), sid
     assert sum(t == "img" for t, _ in page.elements) >= 10
     png = browser.screenshot(out, tmp_path / "top.png", width=1280, height=1000)
