@@ -8,6 +8,7 @@ import torch
 from nm_plugins.core import sparse_layers
 from nm_plugins.raft import create
 from nm_plugins.raft import reproduce as raft_reproduce
+from nm_plugins.runtime.reproduce import claim_rows
 from nm_plugins.raft.train import (epoch_indices, correlation_in_fp32, eval_amp, load_config, per_process_batch,
                                    set_decay_mode)
 
@@ -82,7 +83,7 @@ def test_seeded_proxy_statistics_and_tables(monkeypatch):
     assert per_seed["srste_2:4"]["epe"] == pytest.approx({"0": 3.2, "1": 3.3, "2": 3.4})
     table = raft_reproduce.seeds_table(per_seed)
     assert "| srste_2:4 | 3.200 | 3.300 | 3.400 | 3.300 | 0.100 |" in table
-    claims = raft_reproduce._claims(per_seed, REPO / "ci" / "thresholds" / "raft_proxy.yaml")
+    claims = claim_rows(per_seed, REPO / "ci" / "thresholds" / "raft_proxy.yaml")
     verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims}
     # +0.2 px on every seed: worse than dense by more than the 0.030 px 'comparable' allows -> contradicted
     assert verdicts["sparse RAFT comparable to dense"] == "contradicted"

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from nm_plugins.runtime.grid import run_or_reuse
+from nm_plugins.runtime.reproduce import claim_rows
 from nm_plugins.runtime.results import read_json, write_results_json, write_text
 
 from .datasets import available
@@ -308,7 +309,7 @@ def main(argv=None) -> int:
     metrics = mean_metrics(by_seed, baseline)
     per_seed = per_seed_values(by_seed)
     all_rows = real or set(per_seed) == {_label(m, p) for m, p in PROXY_RUNS}
-    claims = [c for c in _claims(per_seed, thresholds) if all_rows or {c["a"], c["b"]} <= set(per_seed)]
+    claims = [c for c in claim_rows(per_seed, thresholds) if all_rows or {c["a"], c["b"]} <= set(per_seed)]
     reference = REPO / "results" / "raft-proxy" / "results.json"
     vs_fp32 = vs_reference(per_seed, read_json(reference)["per_seed"]) if prec and not (real or smoke) else None
     record = {"title": title, "smoke": smoke, "metrics": metrics, "per_seed": per_seed, "claims": claims,
@@ -342,13 +343,6 @@ def main(argv=None) -> int:
         return 0
     return subprocess.call([sys.executable, "-m", "nm_plugins.verdicts.check", str(results_dir / "results.json"), str(thresholds)],
                            cwd=REPO)
-
-
-def _claims(per_seed: dict, thresholds: Path) -> list:
-    """The claims of a thresholds file judged on the per-seed values (ci/claims.py)."""
-    from nm_plugins.runtime.config import load_yaml
-    from nm_plugins.verdicts.claims import evaluate_claims
-    return evaluate_claims(per_seed, (load_yaml(thresholds.read_text()) or {}).get("claims", []))
 
 
 if __name__ == "__main__":
