@@ -483,18 +483,22 @@ def _finish_first_forward(model: nn.Module, recorder: "_Recorder") -> None:
     model.__dict__["_nm_recorder"] = None
     recorder.__exit__(None, None, None)
     probe = recorder.result
-    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
-    if not probe.ran or set(probe.read_directly) & probe.ran & sparse:
+    if not probe.ran or set(_read_around(model, probe)) & probe.ran:
         # a layer seen running AND read outside its forward (or none seen running): a compiled forward, whose ops
         # run outside the module hooks' order, cannot tell; one eager probe forward decides instead
         probe = probe_layers(model, recorder.args, recorder.kwargs)
     _raise_if_read_around(model, probe)
 
 
+def _read_around(model: nn.Module, probe: ProbeResult) -> list:
+    """The N:M layers (method not dense) whose weight ``probe`` saw used outside their own forward, sorted."""
+    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
+    return sorted(n for n in probe.read_directly if n in sparse)
+
+
 def _raise_if_read_around(model: nn.Module, probe: ProbeResult) -> None:
     """ValueError naming the N:M layers whose weight ``probe`` saw used outside their own forward."""
-    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
-    bad = sorted(n for n in probe.read_directly if n in sparse)
+    bad = _read_around(model, probe)
     if bad:
         model._nm_watch.pending = True  # every forward raises until the model is fixed
         raise ValueError(f"the N:M layer(s) {', '.join(bad)} have their weight read outside their own forward (e.g. "
