@@ -1,10 +1,13 @@
 """N:M training methods as registered plugins (see :mod:`.base` for the contract).
 
 ``register_method`` adds a method class under its name; ``make_method`` builds one from a name (or passes an
-instance through) with its settings; ``method_names`` lists what is registered. The built-in methods register on
-import of this package; a third-party method registers on import of its own module.
+instance through) with its settings; ``method_names`` lists what is registered. Every module of this package registers its
+method(s) on import of the package; a third-party method registers on import of its own module.
 """
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from .base import NMMethod
 
@@ -46,5 +49,14 @@ def make_method(method, **settings) -> NMMethod:
         return method
     return method_class(method)(**settings)
 
+
+def _register_package_methods() -> None:
+    """Import every module of this package: each registers the method(s) it defines."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_package_methods()
 
 __all__ = ["NMMethod", "register_method", "method_names", "method_class", "make_method"]
