@@ -250,6 +250,7 @@ def test_merge_joins_a_row_run_alone_to_the_committed_grid(tmp_path):
     grid order, and the claims then pair its seeds with the committed SR-STE ones."""
     path, committed = _committed("det")
     committed["runs"] = [r for r in committed["runs"] if r["name"] != "ste_2:4"]  # as before the row was added
+    committed.pop("merged", None)  # (the committed file records the merge that added it)
     seeds = committed["seeds"]
     added = _result([_run("ste_2:4", s, 15.0 + s) for s in seeds], seeds=seeds, total_minutes=5.5)
     merged = reproduce.merge_runs(committed, added, "runs/ste.json")
