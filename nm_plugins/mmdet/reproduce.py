@@ -46,7 +46,8 @@ from mmengine.hooks import Hook
 
 from nm_plugins.core import sparse_layers
 from nm_plugins.runtime.grid import run_or_reuse
-from nm_plugins.runtime.project import project_path, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_path, require_project
 from nm_plugins.runtime.results import read_json, save_figure, write_results_json, write_text
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)

@@ -22,7 +22,7 @@ DEFAULTS = {
               "warmup_epochs": 5, "label_smoothing": 0.0},
     "train": {"seed": 0, "device": "auto", "amp": True, "channels_last": True, "out_dir": None,
               "eval_every": 1, "stop_after_epoch": None, "threads": None, "progress": True,
-              "checkpoint": True},
+              "checkpoint": True, "step_times": False},  # step_times: per-step seconds and loss in summary.json
 }
 DATASETS = ("imagenet", "fashion_mnist")
 

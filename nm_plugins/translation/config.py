@@ -22,7 +22,7 @@ DEFAULTS = {
               "weight_decay": 0.0, "label_smoothing": 0.1, "clip_norm": 0.0, "update_freq": 1},
     "train": {"seed": 0, "device": "auto", "amp": True, "out_dir": None, "log_every": 100, "eval_every": 5000,
               "ckpt_every": 1000, "keep_last": 5, "average_last": 5, "stop_after_step": None, "threads": None,
-              "progress": True},
+              "progress": True, "step_times": False},  # step_times: per-step seconds and loss in summary.json
     "decode": {"beam": 4, "lenpen": 0.6, "max_len_a": 1.0, "max_len_b": 50, "batch_sentences": 128,
                "examples": 5},
 }
