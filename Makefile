@@ -44,7 +44,7 @@ reproduce-translation:  ## Transformer N:M translation on WMT14 En-De (WMT_ROOT)
 throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)
 	$(PY) -m benchmarks.throughput
 
-gpu-smoke:  ## each trainer's real-data path on all visible GPUs (torchrun, bf16), dense vs SR-STE 2:4; skipped without CUDA
+gpu-smoke:  ## each trainer through its entry point on all visible GPUs (torchrun, bf16), dense vs SR-STE 2:4; skipped without CUDA
 	$(PY) -m benchmarks.gpu_smoke
 
 loader-bench:  ## ImageNet loader images/s, PIL workers vs data.decode=gpu; results/loader/<gpu|cpu>.{json,md}

@@ -45,7 +45,7 @@ import torch.nn as nn
 from nm_plugins.runtime.results import write_results_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINERS = ("classify", "mmdet", "raft")
+TRAINERS = ("classify", "mmdet", "raft", "translation")
 METHODS = ("dense", "srste")
 
 
@@ -57,12 +57,16 @@ def sizes(toy: bool) -> dict:
                                  jpeg=(40, 48), workers=0),
                 "mmdet": dict(config="faster-rcnn_r18-w16_fpn_{}_proxy.py", size=96, per_gpu=2, k=2, epochs=3, warmup=1),
                 "raft": dict(size="small", crop=[128, 128], image=(144, 176), per_gpu=2, k=2, steps=6, warmup=1,
-                             workers=0)}
+                             workers=0),
+                "translation": dict(model=["model.d_model=32", "model.ffn=64", "model.heads=2", "model.enc_layers=1",
+                                           "model.dec_layers=1", "data.max_tokens=200"], sentences=60, words=300,
+                                    steps=8, warmup=1)}
     return {"classify": dict(config="resnet50_srste_2_4.yaml", img=224, batch=256, k=3, epochs=4, warmup=3,
                              jpeg=(375, 500), workers=8),
             "mmdet": dict(config="faster-rcnn_r50_fpn_{}_1x_coco.py", size=640, per_gpu=2, k=4, epochs=3, warmup=3),
             "raft": dict(size="large", crop=[368, 496], image=(384, 512), per_gpu=2, k=4, steps=12, warmup=3,
-                         workers=4)}
+                         workers=4),
+            "translation": dict(model=[], sentences=800, words=20000, steps=12, warmup=3)}
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -130,6 +134,33 @@ def write_data(root: Path, toy: bool, world: int, trainers) -> Path:
     if "raft" in trainers:
         r = s["raft"]
         write_chairs(root / "chairs", r["k"] * r["per_gpu"] * world + 2, r["image"])  # the runs cycle over them
+    if "translation" in trainers:
+        t = s["translation"]
+        write_wmt(root / "wmt14", t["sentences"] * world, t["words"])
+    return root
+
+
+def write_wmt(root: Path, sentences: int, words: int, seed: int = 0) -> Path:
+    """A WMT14 En-De layout (``train.{en,de}``, ``newstest2013.*``, ``newstest2014.*``; 8 sentences each for
+    the last two) of generated sentences: 5 to 30 pseudo-words from a vocabulary of ``words`` per language,
+    the German side a word-by-word image of the English one, so there is something to learn."""
+    rng = np.random.default_rng(seed)
+    syllables = [a + b for a in "bdfgklmnprstvz" for b in ("a", "e", "i", "o", "u", "ei", "au", "en", "er")]
+
+    def lexicon():
+        return ["".join(rng.choice(syllables, rng.integers(1, 4))) + str(i % 7 if i % 11 == 0 else "")
+                for i in range(words)]
+    en, de = lexicon(), lexicon()
+    rank = rng.zipf(1.3, size=sentences * 40) % words  # word frequencies roughly as in text
+    pairs, pos = [], 0
+    for _ in range(sentences + 16):
+        n = int(rng.integers(5, 31))
+        ids, pos = rank[pos:pos + n], pos + n
+        pairs.append((" ".join(en[i] for i in ids), " ".join(de[i] for i in ids)))
+    root.mkdir(parents=True, exist_ok=True)
+    for name, chunk in (("train", pairs[16:]), ("newstest2013", pairs[:8]), ("newstest2014", pairs[8:16])):
+        for lang, side in (("en", 0), ("de", 1)):
+            (root / f"{name}.{lang}").write_text("".join(p[side] + "\n" for p in chunk), encoding="utf-8")
     return root
 
 
@@ -243,9 +274,40 @@ def raft_trainer(data: Path, toy: bool, info, work: Path):
     return run_method, r["per_gpu"] * info.world_size, {}
 
 
+def translation_trainer(data: Path, toy: bool, info, work: Path):
+    """Transformer-base (toy: a 1+1-layer width-32 one) through ``nm_plugins.translation.train.run`` with
+    ``configs/translation/wmt14_en_de_srste_2_4.yaml`` (bf16 autocast on CUDA, Adam, label smoothing) on the
+    generated WMT14 layout: one batch of ``data.max_tokens`` per step and process (``optim.update_freq=1``),
+    warm-up 4 steps (the recipe's 4000 would keep the lr near 0), ``steps`` steps, the test set decoded at the end
+    as in every run. Its BPE vocabulary is what the generated text supports (fewer pieces than WMT's 32k, so the
+    dense tied output layer is a smaller share of a step than on WMT)."""
+    from nm_plugins.translation.config import load_config
+    from nm_plugins.translation.train import run
+    t = sizes(toy)["translation"]
+    config = REPO / "configs" / "translation" / "wmt14_en_de_srste_2_4.yaml"
+    base = t["model"] + [f"data.root={data / 'wmt14'}", f"data.cache_dir={work / 'translation' / 'cache'}",
+                         "optim.update_freq=1", "optim.warmup_steps=4", f"optim.max_steps={t['steps']}",
+                         f"train.device={info.device.type}", "train.progress=false", "train.log_every=1000000",
+                         "train.eval_every=1000000", "train.ckpt_every=1000000", "train.keep_last=0",
+                         "train.average_last=0", "train.step_times=true", "decode.examples=0"]
+    cfgs = {m: load_config(config, base + [f"sparsity.method={m}", f"train.out_dir={work / 'translation' / m}"])
+            for m in METHODS}
+
+    def run_method(method):
+        summary = run(cfgs[method])
+        if info.world_size > 1:  # only rank 0 finishes a run (test decoding) and has its summary
+            torch.distributed.barrier()
+        if not info.is_main:
+            return None
+        return dict(summary["step_times"], nm_layers=summary["sparse_layer_count"], masks_valid=summary["masks_valid"])
+    # tokens per step vary with the batch: images/s here is sentence batches (steps) per second
+    return run_method, info.world_size, {"unit": "steps (one batch of data.max_tokens per process)"}
+
+
 # ------------------------------------------------------------------------------------- measuring
 def measure(run_method, rounds: int, warmup: int, images_per_step: int, device) -> dict:
-    """``rounds`` rounds of one dense run then one SR-STE run (same seed, data and config but the method). Per
+    """``rounds`` rounds of one dense run then one SR-STE run (same seed, data and config but the method; a run
+    that returns None, on a process other than rank 0, is not counted). Per
     run: the median step seconds after the first ``warmup`` steps. Per method: images/s (median run), peak
     memory, the losses of the last run (first / last quarter of its steps), mask validity; the SR-STE/dense ratio:
     the median over rounds of the two runs' median step times."""
@@ -255,6 +317,8 @@ def measure(run_method, rounds: int, warmup: int, images_per_step: int, device) 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             rec = run_method(m)
+            if rec is None:  # a process without the run's summary (the trainer finishes on rank 0)
+                continue
             timed = rec["seconds"][warmup:]
             if not timed:
                 raise ValueError(f"{len(rec['seconds'])} steps, none after the {warmup} warm-up steps")
@@ -263,6 +327,8 @@ def measure(run_method, rounds: int, warmup: int, images_per_step: int, device) 
                           masks_valid=rec["masks_valid"] == 1.0)
             if device.type == "cuda":
                 out[m]["peak_mem_gib"] = max(out[m]["peak_mem_gib"], torch.cuda.max_memory_allocated(device) / 2**30)
+    if not out["dense"]["step_seconds"]:
+        return {"on_rank_0_only": True}
     for m in METHODS:
         o = out[m]
         o["images_per_s"] = images_per_step / statistics.median(o["step_seconds"])
@@ -314,6 +380,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {t} | {d['images_per_s']:.1f} | {s['images_per_s']:.1f} | {r['srste_over_dense']:.3f} | "
                      f"{d['peak_mem_gib']:.1f} / {s['peak_mem_gib']:.1f} | {d['loss_first']:.3f}→{d['loss_last']:.3f} | "
                      f"{s['loss_first']:.3f}→{s['loss_last']:.3f} | {s['masks_valid']} ({s['sparse_layers']} layers) |")
+    if "unit" in results["trainers"].get("translation", {}):
+        lines += ["", f"translation: the images/s columns count {results['trainers']['translation']['unit']} per second."]
     loader = results["trainers"].get("classify", {}).get("loader")
     if loader:
         model = results["trainers"]["classify"]["dense"]["images_per_s"] / results["world_size"]
@@ -321,6 +389,17 @@ def markdown(results: dict) -> str:
                       f"{loader['cpu']['images_per_s']:.0f} images/s, device decoding {loader['gpu']['images_per_s']:.0f} "
                       f"images/s; the dense model trains {model:.0f} images/s per GPU."]
     return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out: Path) -> None:
+    """``<out>/<gpu>.json`` (with the flat ``metrics``) and ``.md`` of the trainers run so far."""
+    from benchmarks.gpu_env import gpu_slug
+    results["metrics"] = flatten(results)
+    slug = gpu_slug(results["env"]["gpu"]) + ("_toy" if results["toy"] else "")
+    out.mkdir(parents=True, exist_ok=True)
+    write_results_json(out / f"{slug}.json", results, default=str, ensure_ascii=True)
+    write_text(out / f"{slug}.md", markdown(results))
+    print(f"wrote {out / (slug + '.json')} and {out / (slug + '.md')}", flush=True)
 
 
 def worker(args) -> int:
@@ -333,7 +412,7 @@ def worker(args) -> int:
 
 
 def _worker(args) -> int:
-    from benchmarks.gpu_env import environment, gpu_slug
+    from benchmarks.gpu_env import environment
     from nm_plugins.runtime.training import init_distributed
     info = init_distributed(args.device)
     if info.device.type == "cuda":
@@ -355,6 +434,8 @@ def _worker(args) -> int:
                     run_method, images, extra = mmdet_trainer(data, toy, info, Path(work))
                 elif trainer == "raft":
                     run_method, images, extra = raft_trainer(data, toy, info, Path(work))
+                elif trainer == "translation":
+                    run_method, images, extra = translation_trainer(data, toy, info, Path(work))
                 else:
                     raise ValueError(f"unknown trainer {trainer!r}: expected some of {', '.join(TRAINERS)}")
                 res = measure(run_method, rounds, sizes(toy)[trainer]["warmup"], images, info.device)
@@ -373,17 +454,11 @@ def _worker(args) -> int:
                 print(f"[gpu-smoke] {trainer}: " + (res.get("error") or f"SR-STE/dense {res['srste_over_dense']:.3f}, "
                       f"images/s dense {res['dense']['images_per_s']:.1f} / SR-STE {res['srste']['images_per_s']:.1f}"),
                       flush=True)
+                write(results, Path(args.out))  # after every trainer: a run stopped later keeps these figures
             if info.device.type == "cuda":
                 torch.cuda.empty_cache()
     if info.rank == 0:
-        results["metrics"] = flatten(results)
-        slug = gpu_slug(results["env"]["gpu"]) + ("_toy" if toy else "")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_results_json(out / f"{slug}.json", results, default=str, ensure_ascii=True)
-        write_text(out / f"{slug}.md", markdown(results))
         print(markdown(results))
-        print(f"wrote {out / (slug + '.json')} and {out / (slug + '.md')}")
     if info.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -405,7 +480,7 @@ def check(out: Path) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated subset of classify,mmdet,raft")
+    ap.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {','.join(TRAINERS)}")
     ap.add_argument("--out", default=str(REPO / "results" / "gpu-smoke"))
     ap.add_argument("--device", default="auto", help="auto (CUDA, else skip) or cpu (runs on the CPU: toy checks)")
     ap.add_argument("--toy", action="store_true", help="toy sizes (what the CPU tests run)")
