@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from nm_plugins.runtime.results import write_results_json, write_text
 
@@ -237,11 +236,13 @@ def mmdet_trainer(data: Path, toy: bool, info, work: Path):
         runner = build_runner(str(REPO / "configs" / "mmdet" / m["config"].format(name)), opts,
                               str(work / "mmdet" / method), launcher="pytorch" if info.world_size > 1 else "none")
         runner.train()
-        hub = runner.message_hub
-        total, data_s = (np.asarray(hub.get_scalar(k).data[0], dtype=float) for k in ("train/time", "train/data_time"))
+        hub, n = runner.message_hub, runner.iter  # this run's iterations: the last n of each history
+
+        def history(key):
+            return np.asarray(hub.get_scalar(key).data[0][-n:], dtype=float)
         model = getattr(runner.model, "module", runner.model)
-        return {"seconds": (total - data_s).tolist(), "loss": [float(x) for x in hub.get_scalar("train/loss").data[0]],
-                "nm_layers": len(list(sparse_layers(model))),
+        return {"seconds": (history("train/time") - history("train/data_time")).tolist(),
+                "loss": history("train/loss").tolist(), "nm_layers": len(list(sparse_layers(model))),
                 "masks_valid": masks_valid(model)}
     return run_method, m["per_gpu"] * info.world_size, {}
 
