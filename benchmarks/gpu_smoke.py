@@ -1,15 +1,16 @@
 """``make gpu-smoke``: every reproduction's trainer, through its public entry point and config, on real-layout
 data on the GPUs for a few dozen steps, dense and SR-STE 2:4 alternating, with the figures checked.
 
-    python -m benchmarks.gpu_smoke [--trainers classify,mmdet,raft] [--out results/gpu-smoke] [--nproc N]
+    python -m benchmarks.gpu_smoke [--trainers classify,mmdet,raft,translation] [--out results/gpu-smoke] [--nproc N]
     python -m benchmarks.gpu_smoke --toy --device cpu      # the same code at toy size on the CPU (tests)
 
 On CUDA it writes generated data in the real layouts into a temporary folder (an ImageNet class-folder tree
 of JPEGs; a COCO 2017 layout, ``annotations/instances_train2017.json`` + JPEGs; FlyingChairs ``.ppm``/``.flo``
-with ``FlyingChairs_train_val.txt``), then starts itself under torchrun over all visible GPUs (NCCL). Each
-process trains, per trainer and round, one dense run then one SR-STE 2:4 run (same config, seed and data but
-the method) through the trainer's entry point, which records each step's seconds (device synchronised) and
-loss (``train.step_times``; mmdet: mmengine's per-iteration times):
+with ``FlyingChairs_train_val.txt``; WMT14 ``train.{en,de}`` and ``newstest201{3,4}.{en,de}``), then starts
+itself under torchrun over all visible GPUs (NCCL). Each process trains, per trainer and round, one dense run
+then one SR-STE 2:4 run (same config, seed and data but the method) through the trainer's entry point, which
+records each step's seconds (device synchronised) and loss (``train.step_times``; mmdet: mmengine's
+per-iteration times):
   * classify: ``nm_plugins.train.classify.run`` on ``configs/imagenet/resnet50_srste_2_4.yaml`` (paper recipe:
     global batch 256, SGD, bf16 autocast, channels_last) with ``data.decode: gpu``; the ImageNet loader's own
     images/s (PIL workers and device decoding, ``build_loaders``) measured alone next to the model's;
@@ -18,12 +19,14 @@ loss (``train.step_times``; mmdet: mmengine's per-iteration times):
     hooks, ``AmpOptimWrapper`` (bf16), 2 images per GPU;
   * raft: ``nm_plugins.raft.train.run`` on ``configs/raft/chairs.yaml`` (raft_large, crop 368x496, bf16 autocast,
     correlation in fp32, AdamW, one-cycle, clipping), torchvision's FlyingChairs reader with the RAFT
-    augmentation, 2 pairs per GPU.
-Rank 0 writes ``<out>/<gpu>.json`` (flat ``metrics`` for ``ci.check`` and ``benchmarks.compare``) and ``.md``:
-images/s per trainer and method, the SR-STE/dense step-time ratio (median over rounds of the two runs' median
-step times after the warm-up steps), peak memory, first/last loss of a run, mask validity; then the run is
-checked against ``ci/thresholds/gpu_smoke_<gpu>.yaml``. Without CUDA (and without ``--device cpu``) it says so
-and exits 0.
+    augmentation, 2 pairs per GPU;
+  * translation: ``nm_plugins.translation.train.run`` on ``configs/translation/wmt14_en_de_srste_2_4.yaml``
+    (Transformer-base, bf16 autocast, Adam), one batch of ``data.max_tokens`` per GPU and step.
+Rank 0 writes, after every trainer, ``<out>/<gpu>.json`` (flat ``metrics`` for ``ci.check`` and
+``benchmarks.compare``) and ``.md``: images/s per trainer and method, the SR-STE/dense step-time ratio (median
+over rounds of the two runs' median step times after the warm-up steps), peak memory, first/last loss of a run,
+mask validity; then the run is checked against ``ci/thresholds/gpu_smoke_<gpu>.yaml``. Without CUDA (and
+without ``--device cpu``) it says so and exits 0.
 """
 from __future__ import annotations
 
