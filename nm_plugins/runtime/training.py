@@ -164,9 +164,9 @@ def masks_digest(model: torch.nn.Module) -> str:
 
 
 def masks_valid(model: torch.nn.Module) -> float:
-    """Fraction of the N:M layers (method not ``dense``) whose current mask is a valid N:M mask; 1.0 when all are
-    or when there is none."""
-    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.method != "dense"]
+    """Fraction of the N:M layers whose method applies its mask and whose current mask is a valid N:M mask; 1.0
+    when all are or when there is none."""
+    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.nm_method.applies_mask]
     if not layers:
         return 1.0
     return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
