@@ -1,0 +1,189 @@
+"""Transposable N:M masks (Hubara et al., NeurIPS 2021, "Accelerated sparse neural training: a provable and efficient
+method to find N:M transposable masks"): the mask is N:M along the input channels AND along the output channels, so
+the weight's transpose, which the backward GEMM multiplies the output gradient with, is N:M sparse too.
+
+Blocks: a weight [O, I, *k] is cut, at every kernel position, into M×M blocks of M consecutive output channels ×
+M consecutive input channels. A mask is transposable when every row and every column of every block keeps exactly
+N weights, i.e. ``mask`` is a valid N:M mask along dim 1 and ``mask.transpose(0, 1)`` is one along its dim 1
+(:func:`is_transposable_mask`).
+
+The mask maximises the kept magnitude Σ|w|·mask approximately (the paper's greedy 2-approximation, the authors'
+``update_mask_approx2`` in dynamic_TNM/src/sparse_ops.py): the M² entries of a block are visited in order of
+decreasing |w| (ties: lower output channel, then lower input channel first) and an entry is kept when its row and its
+column still hold fewer than N kept entries. Greedy can stop with a row and a column of a block one short of N while
+their crossing is already kept; the authors' code leaves such blocks with fewer than N (its README: "at least N
+zeros"). We complete them with augmenting paths (keep (r, c'), drop (r', c'), keep (r', c'') ... until a short
+column is reached), so every row and column keeps exactly N: a valid N:M mask, and transposable.
+
+Training, as the authors' dynamic_TNM code: straight-through (forward ``W ⊙ mask``, backward the dense gradient,
+``SparseTranspose.backward``), the mask recomputed from |W| every ``refresh_every`` optimizer steps
+(``SparseConvTranspose.forward``: ``freq = 40`` training forwards), and the SR-STE term λ_W·(1−mask)⊙W added to the
+gradient at each step (their ``sparse_optimizer.SGD`` decays pruned weights by 5×weight_decay and kept ones by
+weight_decay: an extra 4×5e-5 = 2e-4 on the pruned ones at their ResNet-50 weight decay).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..mask import is_valid_nm_mask
+from ..pattern import NMPattern
+from . import NMMethod, register_method
+
+
+def _check_blockable(shape, pattern: NMPattern) -> None:
+    if len(shape) < 2:
+        raise ValueError(f"transposable N:M masks need a weight with at least 2 dims [out, in, ...], got shape {tuple(shape)}")
+    out_ch, in_ch = shape[0], shape[1]
+    if out_ch % pattern.m or in_ch % pattern.m:
+        raise ValueError(f"transposable {pattern} masks need output and input channels divisible by M={pattern.m} "
+                         f"(blocks of M outputs × M inputs): weight shape {tuple(shape)} has {out_ch} outputs and "
+                         f"{in_ch} inputs; keep this layer dense or use another method for it")
+
+
+def to_blocks(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """View a weight [O, I, *k] (O and I divisible by M) as blocks [B, M, M]: rows M consecutive output channels,
+    columns M consecutive input channels, at one kernel position each."""
+    out_ch, in_ch = weight.shape[0], weight.shape[1]
+    moved = weight.reshape(out_ch, in_ch, -1).permute(2, 0, 1)            # [K, O, I]
+    blocks = moved.reshape(-1, out_ch // m, m, in_ch // m, m).transpose(2, 3)  # [K, O/M, I/M, M, M]
+    return blocks.reshape(-1, m, m)
+
+
+def from_blocks(blocks: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`to_blocks` for a weight of the given shape."""
+    m = blocks.shape[-1]
+    out_ch, in_ch = shape[0], shape[1]
+    grid = blocks.reshape(-1, out_ch // m, in_ch // m, m, m).transpose(2, 3).reshape(-1, out_ch, in_ch)
+    return grid.permute(1, 2, 0).reshape(shape)
+
+
+def _complete_block(keep: list, mag: list, n: int) -> None:
+    """Make every row and column of one M×M block (lists, modified in place) keep exactly n entries, by augmenting
+    paths from a short row to a short column (columns tried in order of decreasing |w|)."""
+    m = len(keep)
+    while True:
+        rows = [sum(r) for r in keep]
+        short = next((r for r in range(m) if rows[r] < n), None)
+        if short is None:
+            return
+        cols = [sum(keep[r][c] for r in range(m)) for c in range(m)]
+        came_from_row, came_from_col = {}, {short: None}  # column -> row before it; row -> column before it
+        queue, end = [short], None
+        while queue and end is None:
+            row = queue.pop(0)
+            for col in sorted(range(m), key=lambda c: -mag[row][c]):
+                if keep[row][col] or col in came_from_row:
+                    continue
+                came_from_row[col] = row
+                if cols[col] < n:
+                    end = col
+                    break
+                for nxt in range(m):
+                    if keep[nxt][col] and nxt not in came_from_col:
+                        came_from_col[nxt] = col
+                        queue.append(nxt)
+        if end is None:  # cannot happen: a short row implies a short column and a path to it in a full block
+            raise RuntimeError("transposable mask: no augmenting path in an M×M block (please report)")
+        col = end
+        while True:
+            row = came_from_row[col]
+            keep[row][col] = True
+            back = came_from_col[row]
+            if back is None:
+                break
+            keep[row][back] = False
+            col = back
+
+
+def transposable_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
+    """Boolean transposable N:M mask of ``weight`` [O, I, *k] (O, I divisible by M): in every M×M block of outputs ×
+    inputs, at each kernel position, exactly N kept per row and per column, chosen greedily by decreasing |w| (the
+    paper's 2-approximation of the largest kept magnitude) and completed by augmenting paths where greedy stops short."""
+    pattern = NMPattern.parse(pattern)
+    _check_blockable(weight.shape, pattern)
+    n, m = pattern.n, pattern.m
+    w = weight.detach()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"cannot compute a transposable N:M mask for a weight of shape {tuple(w.shape)} holding NaN or inf values")
+    if n == m:
+        return torch.ones(w.shape, dtype=torch.bool, device=w.device)
+    mag = to_blocks(w.abs().float(), m).reshape(-1, m * m)  # [B, M²], row-major: entry r*M + c
+    blocks = mag.shape[0]
+    order = torch.sort(mag, dim=1, descending=True, stable=True).indices  # equal |w|: the lower index first
+    rows, cols = order // m, order % m
+    keep = torch.zeros(blocks, m * m, dtype=torch.bool, device=w.device)
+    row_count = torch.zeros(blocks, m, dtype=torch.int32, device=w.device)
+    col_count = torch.zeros_like(row_count)
+    for k in range(m * m):
+        row, col = rows[:, k:k + 1], cols[:, k:k + 1]
+        take = (row_count.gather(1, row) < n) & (col_count.gather(1, col) < n)
+        keep.scatter_(1, order[:, k:k + 1], take)
+        took = take.to(torch.int32)
+        row_count.scatter_add_(1, row, took)
+        col_count.scatter_add_(1, col, took)
+        if k % m == m - 1 and bool((row_count == n).all()):
+            break
+    short = (row_count < n).any(dim=1).nonzero().flatten().tolist()
+    if short:
+        kept = keep[short].reshape(-1, m, m).tolist()
+        mags = mag[short].reshape(-1, m, m).tolist()
+        for block_keep, block_mag in zip(kept, mags):
+            _complete_block(block_keep, block_mag, n)
+        keep[short] = torch.tensor(kept, dtype=torch.bool, device=w.device).reshape(-1, m * m)
+    return from_blocks(keep.reshape(-1, m, m), w.shape).contiguous()
+
+
+def is_transposable_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
+    """True when ``mask`` [O, I, *k] is a valid N:M mask along its input channels and its transpose [I, O, *k] is one
+    along the output channels (every M×M block keeps N per row and per column): the backward GEMM's weight is N:M."""
+    pattern = NMPattern.parse(pattern)
+    if mask.dim() < 2 or mask.shape[0] % pattern.m or mask.shape[1] % pattern.m:
+        return False
+    return is_valid_nm_mask(mask, pattern) and is_valid_nm_mask(mask.transpose(0, 1), pattern)
+
+
+@register_method("transposable")
+class Transposable(NMMethod):
+    """Transposable N:M masks (Hubara et al. 2021): greedy transposable mask of |W| every ``refresh_every`` steps,
+    forward W ⊙ mask, straight-through backward, SR-STE term ``decay``·(1−mask)⊙W at each optimizer step."""
+
+    defaults = {"refresh_every": 40, "decay": 2e-4}
+    uses_step = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming ``refresh_every`` (an integer >= 1) or ``decay`` (a finite number >= 0)."""
+        every = self.settings["refresh_every"]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"N:M method 'transposable': refresh_every must be an integer >= 1 (optimizer steps "
+                             f"between mask refreshes), got {every!r}")
+        decay = self.settings["decay"]
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= float(decay) < float("inf"):
+            raise ValueError(f"N:M method 'transposable': decay must be a finite number >= 0 (the SR-STE λ_W on "
+                             f"pruned weights), got {decay!r}")
+        self.settings["decay"] = float(decay)
+
+    def compute_mask(self, weight: torch.Tensor, pattern: NMPattern, grouping: str, step: int) -> torch.Tensor:
+        """The transposable N:M mask of ``weight`` (:func:`transposable_mask`); blocks need grouping='channels'."""
+        if grouping != "channels":
+            raise ValueError(f"N:M method 'transposable' needs grouping='channels' (blocks of M outputs × M inputs at "
+                             f"each kernel position), got grouping={grouping!r}: the authors' code cuts blocks from "
+                             f"M·M consecutive entries of one output's row, whose transpose is not N:M over outputs")
+        return transposable_mask(weight, pattern)
+
+    def mask_due(self, step: int) -> bool:
+        """A new mask at steps 0, refresh_every, 2·refresh_every, ... (the authors refresh every 40 forwards)."""
+        return step % self.settings["refresh_every"] == 0
+
+    def step_term(self, weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, step: int,
+                  grad_scale: "torch.Tensor | None" = None) -> bool:
+        """grad += decay·(1−mask)⊙W (times ``grad_scale`` when the gradient still carries a loss scale)."""
+        decay = self.settings["decay"]
+        if decay == 0.0:
+            return False
+        pruned = (~mask).to(grad.dtype)
+        with torch.no_grad():
+            if grad_scale is not None:
+                grad.addcmul_(weight.detach(), pruned.mul_(grad_scale * decay))
+            else:
+                grad.addcmul_(weight.detach(), pruned, value=decay)
+        return True
