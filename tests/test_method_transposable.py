@@ -154,7 +154,11 @@ def test_step_term_is_the_srste_decay_on_pruned_weights():
     scaled = grad.clone() * 1024
     assert make_method("transposable", decay=1e-3).step_term(w, mask, scaled, 3, grad_scale=torch.tensor(1024.0))
     torch.testing.assert_close(scaled, (grad + 1e-3 * (~mask).float() * w) * 1024)
+    twice = grad.clone()
+    assert make_method("transposable").step_term(w, mask, twice, 3, calls=2)  # decay_mode="call": owed per call
+    torch.testing.assert_close(twice, grad + 4e-4 * (~mask).float() * w)
     untouched = grad.clone()
+    assert not make_method("transposable", decay=0).wants_step_term()
     assert not make_method("transposable", decay=0).step_term(w, mask, untouched, 3)
     assert torch.equal(untouched, grad)
 

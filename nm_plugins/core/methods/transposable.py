@@ -175,9 +175,9 @@ class Transposable(NMMethod):
         return step % self.settings["refresh_every"] == 0
 
     def step_term(self, weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, step: int,
-                  grad_scale: "torch.Tensor | None" = None) -> bool:
-        """grad += decay·(1−mask)⊙W (times ``grad_scale`` when the gradient still carries a loss scale)."""
-        decay = self.settings["decay"]
+                  grad_scale: "torch.Tensor | None" = None, calls: int = 1) -> bool:
+        """grad += calls·decay·(1−mask)⊙W (times ``grad_scale`` when the gradient still carries a loss scale)."""
+        decay = self.settings["decay"] * calls
         if decay == 0.0:
             return False
         pruned = (~mask).to(grad.dtype)
@@ -187,3 +187,7 @@ class Transposable(NMMethod):
             else:
                 grad.addcmul_(weight.detach(), pruned, value=decay)
         return True
+
+    def wants_step_term(self) -> bool:
+        """True unless ``decay`` is 0."""
+        return self.settings["decay"] != 0.0
