@@ -122,6 +122,9 @@ def test_bad_shapes_and_values_raise():
         transposable_mask(torch.randn(8, 6), "2:4")
     with pytest.raises(ValueError, match="NaN"):
         transposable_mask(torch.full((4, 4), float("nan")), "2:4")
+    method = make_method("transposable")
+    assert "outputs" in method.dense_reason((6, 8), NMPattern.parse("2:4"))
+    assert method.dense_reason((8, 8, 3, 3), NMPattern.parse("2:4")) is None
     with pytest.raises(ValueError, match="grouping='channels'"):
         Transposable().compute_mask(torch.randn(8, 8), NMPattern.parse("2:4"), "authors_flat", 0)
 

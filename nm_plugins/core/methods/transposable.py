@@ -30,14 +30,22 @@ from ..pattern import NMPattern
 from . import NMMethod, register_method
 
 
-def _check_blockable(shape, pattern: NMPattern) -> None:
+def unblockable_reason(shape, pattern: NMPattern) -> "str | None":
+    """Why a weight of this shape has no transposable N:M mask (None when it has one): it needs at least 2 dims and
+    output and input channels divisible by M."""
     if len(shape) < 2:
-        raise ValueError(f"transposable N:M masks need a weight with at least 2 dims [out, in, ...], got shape {tuple(shape)}")
+        return f"transposable N:M masks need a weight with at least 2 dims [out, in, ...], got shape {tuple(shape)}"
     out_ch, in_ch = shape[0], shape[1]
     if out_ch % pattern.m or in_ch % pattern.m:
-        raise ValueError(f"transposable {pattern} masks need output and input channels divisible by M={pattern.m} "
-                         f"(blocks of M outputs × M inputs): weight shape {tuple(shape)} has {out_ch} outputs and "
-                         f"{in_ch} inputs; keep this layer dense or use another method for it")
+        return (f"transposable {pattern} masks need output and input channels divisible by M={pattern.m} (blocks of M "
+                f"outputs × M inputs): weight shape {tuple(shape)} has {out_ch} outputs and {in_ch} inputs")
+    return None
+
+
+def _check_blockable(shape, pattern: NMPattern) -> None:
+    reason = unblockable_reason(shape, pattern)
+    if reason is not None:
+        raise ValueError(f"{reason}; keep this layer dense or use another method for it")
 
 
 def to_blocks(weight: torch.Tensor, m: int) -> torch.Tensor:
@@ -169,6 +177,11 @@ class Transposable(NMMethod):
                              f"each kernel position), got grouping={grouping!r}: the authors' code cuts blocks from "
                              f"M·M consecutive entries of one output's row, whose transpose is not N:M over outputs")
         return transposable_mask(weight, pattern)
+
+    def dense_reason(self, shape, pattern: NMPattern) -> "str | None":
+        """Why a layer of this weight shape must stay dense under this method (channels not divisible by M), or None
+        (for sparsify to keep such layers dense, as it does for layers that cannot be grouped)."""
+        return unblockable_reason(shape, pattern)
 
     def mask_due(self, step: int) -> bool:
         """A new mask at steps 0, refresh_every, 2·refresh_every, ... (the authors refresh every 40 forwards)."""
