@@ -10,6 +10,7 @@ from nm_plugins.core.methods import make_method, method_names
 from nm_plugins.core.methods.decaying import Decaying
 from nm_plugins.core.pattern import NMPattern
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 P24 = NMPattern.parse("2:4")
 
 
@@ -100,3 +101,59 @@ def test_forward_in_a_network_trains_pruned_weights():
 def test_bad_settings_name_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):
         make_method("decaying", **settings)
+
+
+# --- through real layers (nm_plugins.core.sparsify) -----------------------------------------------------------------
+
+def test_layer_forward_follows_beta_over_steps_with_a_straight_through_gradient():
+    from nm_plugins.core import SparseLinear
+
+    layer = SparseLinear(8, 4, bias=False, method="decaying",
+                         method_args={"schedule": "linear", "decay_coef": 0.25, "dense_steps": 1})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(16, 8)
+    for step, beta in enumerate([1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]):
+        assert int(layer.nm_step) == step
+        w = layer.weight.detach().clone()
+        mask = nm_mask(w, P24)  # the top-N mask of the current dense weight, every step
+        out = layer(x)
+        torch.testing.assert_close(out, x @ (w * (mask + beta * ~mask)).T)
+        assert torch.equal(layer.nm_mask, mask)
+        with torch.no_grad():  # evaluation uses the same β
+            torch.testing.assert_close(layer(x), out)
+        upstream = torch.randn_like(out)
+        opt.zero_grad()
+        out.backward(upstream)
+        torch.testing.assert_close(layer.weight.grad, upstream.T @ x)  # straight through, no step term
+        opt.step()
+
+
+def test_a_small_mlp_learns_and_ends_hard_nm():
+    from nm_plugins.core import sparse_layers, sparsify
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    teacher = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+    y = teacher(x).argmax(dim=1).detach()
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 4))
+    sparsify(model, "2:4", method="decaying", method_args={"decay_coef": 0.03, "hard_from": 120},
+             keep_stem_dense=False, keep_classifier_dense=False, example_inputs=x[:2])
+    layers = dict(sparse_layers(model))
+    assert len(layers) == 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert (model(x).argmax(1) == y).float().mean().item() > 0.8
+    for layer in layers.values():
+        assert int(layer.nm_step) == 150 and layer.nm_method.beta(150) == 0.0
+        assert layer.mask_is_valid()
+        with torch.no_grad():  # β = 0: the layer computes with exactly the N:M weight
+            assert torch.equal(layer.masked_weight(), layer.weight * nm_mask(layer.weight, P24))

@@ -11,6 +11,7 @@ from nm_plugins.core.methods.transposable import (Transposable, from_blocks, is_
                                                   transposable_mask)
 from nm_plugins.core.pattern import NMPattern
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 PATTERNS = ["2:4", "1:4", "3:4", "1:2", "4:8", "2:8", "1:8"]
 
 
@@ -133,7 +134,7 @@ def test_registered_with_the_authors_defaults():
     assert "transposable" in method_names()
     method = make_method("transposable")
     assert isinstance(method, Transposable)
-    assert method.settings == {"refresh_every": 40, "decay": 2e-4}
+    assert method.settings == {"decay": 2e-4, "refresh_every": 40}
     assert method.uses_step and method.uses_builtin_forward()
     w = torch.randn(8, 8)
     assert torch.equal(method.compute_mask(w, NMPattern.parse("2:4"), "channels", 0), transposable_mask(w, "2:4"))
@@ -168,8 +169,78 @@ def test_step_term_is_the_srste_decay_on_pruned_weights():
 
 @pytest.mark.parametrize("settings, name", [({"refresh_every": 0}, "refresh_every"), ({"refresh_every": 2.5}, "refresh_every"),
                                             ({"refresh_every": True}, "refresh_every"), ({"decay": -1.0}, "decay"),
-                                            ({"decay": float("nan")}, "decay"), ({"decay": "2e-4"}, "decay"),
+                                            ({"decay": float("nan")}, "decay"), ({"decay": "x"}, "decay"),
                                             ({"every": 4}, "unknown setting")])
 def test_bad_settings_name_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):
         make_method("transposable", **settings)
+
+
+# --- through real layers (nm_plugins.core.sparsify) -----------------------------------------------------------------
+
+def _teacher_task(seed=0, n=256, d=16, classes=4):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen)
+    teacher = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.Tanh(), torch.nn.Linear(32, classes))
+    for p in teacher.parameters():
+        p.data = torch.randn(p.shape, generator=gen)
+    return x, teacher(x).argmax(dim=1).detach()
+
+
+def test_layer_keeps_its_mask_between_refreshes_and_adds_the_srste_term():
+    from nm_plugins.core import SparseLinear
+
+    layer = SparseLinear(8, 8, bias=False, method="transposable", method_args={"refresh_every": 3, "decay": 0.1})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(32, 8)
+    masks, weights = [], []
+    for step in range(7):
+        assert int(layer.nm_step) == step
+        before = layer.weight.detach().clone()
+        out = layer(x)
+        mask = layer.nm_mask.clone()
+        assert is_transposable_mask(mask, "2:4")
+        assert torch.equal(out, x @ (before * mask).T)  # forward W ⊙ mask
+        masks.append(mask)
+        weights.append(before)
+        opt.zero_grad()
+        upstream = torch.randn_like(out)
+        out.backward(upstream)
+        grad = (upstream.T @ x).clone()  # the straight-through gradient of W ⊙ mask
+        opt.step()
+        # SGD: W ← W − lr·(grad + decay·(1−mask)⊙W): the step term was added before the update
+        torch.testing.assert_close(layer.weight.detach(), before - 0.5 * (grad + 0.1 * (~mask) * before))
+    # the weights move a lot (lr 0.5): the mask is recomputed at steps 3 and 6 only
+    assert torch.equal(masks[1], masks[0]) and torch.equal(masks[2], masks[0])
+    assert torch.equal(masks[4], masks[3]) and torch.equal(masks[5], masks[3])
+    for step in (0, 3, 6):
+        assert torch.equal(masks[step], transposable_mask(weights[step], "2:4"))
+    assert not torch.equal(masks[3], masks[0])
+
+
+def test_a_small_mlp_learns_with_transposable_masks():
+    from nm_plugins.core import sparse_layers, sparsify
+
+    torch.manual_seed(0)
+    x, y = _teacher_task()
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 4))
+    report = sparsify(model, "2:4", method="transposable", method_args={"refresh_every": 5},
+                      keep_stem_dense=False, keep_classifier_dense=False, example_inputs=x[:2])
+    layers = dict(sparse_layers(model))
+    assert len(layers) == 3 and report.method == "transposable"
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.8
+    for name, layer in layers.items():
+        assert int(layer.nm_step) == 150
+        assert is_transposable_mask(layer.mask(), "2:4"), name
+        assert layer.mask_is_valid()

@@ -27,7 +27,8 @@ import torch
 
 from ..mask import is_valid_nm_mask
 from ..pattern import NMPattern
-from . import NMMethod, register_method
+from . import register_method
+from .builtin import DEFAULT_DECAY, SRSTE
 
 
 def unblockable_reason(shape, pattern: NMPattern) -> "str | None":
@@ -151,24 +152,20 @@ def is_transposable_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool
 
 
 @register_method("transposable")
-class Transposable(NMMethod):
+class Transposable(SRSTE):
     """Transposable N:M masks (Hubara et al. 2021): greedy transposable mask of |W| every ``refresh_every`` steps,
-    forward W ⊙ mask, straight-through backward, SR-STE term ``decay``·(1−mask)⊙W at each optimizer step."""
+    forward W ⊙ mask, straight-through backward, SR-STE's step term ``decay``·(1−mask)⊙W (inherited)."""
 
-    defaults = {"refresh_every": 40, "decay": 2e-4}
+    defaults = {"decay": DEFAULT_DECAY, "refresh_every": 40}
     uses_step = True
 
     def validate(self) -> None:
-        """Raise ValueError naming ``refresh_every`` (an integer >= 1) or ``decay`` (a finite number >= 0)."""
+        """Raise ValueError naming ``decay`` (SR-STE's rule) or ``refresh_every`` (an integer >= 1)."""
+        super().validate()
         every = self.settings["refresh_every"]
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"N:M method 'transposable': refresh_every must be an integer >= 1 (optimizer steps "
                              f"between mask refreshes), got {every!r}")
-        decay = self.settings["decay"]
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= float(decay) < float("inf"):
-            raise ValueError(f"N:M method 'transposable': decay must be a finite number >= 0 (the SR-STE λ_W on "
-                             f"pruned weights), got {decay!r}")
-        self.settings["decay"] = float(decay)
 
     def compute_mask(self, weight: torch.Tensor, pattern: NMPattern, grouping: str, step: int) -> torch.Tensor:
         """The transposable N:M mask of ``weight`` (:func:`transposable_mask`); blocks need grouping='channels'."""
@@ -186,21 +183,3 @@ class Transposable(NMMethod):
     def mask_due(self, step: int) -> bool:
         """A new mask at steps 0, refresh_every, 2·refresh_every, ... (the authors refresh every 40 forwards)."""
         return step % self.settings["refresh_every"] == 0
-
-    def step_term(self, weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, step: int,
-                  grad_scale: "torch.Tensor | None" = None, calls: int = 1) -> bool:
-        """grad += calls·decay·(1−mask)⊙W (times ``grad_scale`` when the gradient still carries a loss scale)."""
-        decay = self.settings["decay"] * calls
-        if decay == 0.0:
-            return False
-        pruned = (~mask).to(grad.dtype)
-        with torch.no_grad():
-            if grad_scale is not None:
-                grad.addcmul_(weight.detach(), pruned.mul_(grad_scale * decay))
-            else:
-                grad.addcmul_(weight.detach(), pruned, value=decay)
-        return True
-
-    def wants_step_term(self) -> bool:
-        """True unless ``decay`` is 0."""
-        return self.settings["decay"] != 0.0
