@@ -104,8 +104,10 @@ def test_blocks_where_greedy_stops_short_are_completed():
     block = torch.tensor([[2., 8., 4., 12.], [7., 13., 3., 6.], [9., 1., 14., 5.], [11., 15., 16., 10.]])
     greedy, complete = greedy_reference(block.tolist(), 2)
     assert not complete and sum(greedy[0]) == 1
-    # the augmenting path from row 0: keep (0, 1) (its largest free entry), drop (1, 1), keep (1, 3) (short column)
-    expected = torch.tensor([[0, 1, 0, 1], [1, 0, 0, 1], [1, 0, 1, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    # short row 0, short column 3; swaps (keep (0, c'), drop (r', c'), keep (r', 3)) and their gains:
+    # (1, 0): 2+6-7 = 1, (1, 1): 8+6-13 = 1, (2, 0): 2+5-9 = -2, (2, 2): 4+5-14 = -5, (3, 1): 8+10-15 = 3,
+    # (3, 2): 4+10-16 = -2: the best drops (3, 1), keeps (0, 1) and (3, 3)
+    expected = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(transposable_mask(block, "2:4"), expected)
 
 

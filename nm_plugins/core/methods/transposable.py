@@ -12,8 +12,9 @@ The mask maximises the kept magnitude Σ|w|·mask approximately (the paper's gre
 decreasing |w| (ties: lower output channel, then lower input channel first) and an entry is kept when its row and its
 column still hold fewer than N kept entries. Greedy can stop with a row and a column of a block one short of N while
 their crossing is already kept; the authors' code leaves such blocks with fewer than N (its README: "at least N
-zeros"). We complete them with augmenting paths (keep (r, c'), drop (r', c'), keep (r', c'') ... until a short
-column is reached), so every row and column keeps exactly N: a valid N:M mask, and transposable.
+zeros"). We complete them (not in the authors' code) by swaps: keep (r, c'), drop (r', c'), keep (r', c) for the
+short row r and column c, the swap of largest kept-magnitude gain (:func:`_swap_fill`; one always exists), so every
+row and column keeps exactly N: a valid N:M mask, and transposable.
 
 Training, as the authors' dynamic_TNM code: straight-through (forward ``W ⊙ mask``, backward the dense gradient,
 ``SparseTranspose.backward``), the mask recomputed from |W| every ``refresh_every`` optimizer steps
@@ -66,48 +67,44 @@ def from_blocks(blocks: torch.Tensor, shape) -> torch.Tensor:
     return grid.permute(1, 2, 0).reshape(shape)
 
 
-def _complete_block(keep: list, mag: list, n: int) -> None:
-    """Make every row and column of one M×M block (lists, modified in place) keep exactly n entries, by augmenting
-    paths from a short row to a short column (columns tried in order of decreasing |w|)."""
-    m = len(keep)
-    while True:
-        rows = [sum(r) for r in keep]
-        short = next((r for r in range(m) if rows[r] < n), None)
-        if short is None:
+def _swap_fill(keep: torch.Tensor, mag: torch.Tensor, n: int) -> None:
+    """Complete the greedy (maximal) masks ``keep`` [B, M, M] in place to exactly n per row and column, all blocks at
+    once: for the first short row r and first short column c of a block, keep (r, c'), drop (r', c'), keep (r', c),
+    with (r', c') the kept entry of largest gain |w[r, c']| + |w[r', c]| − |w[r', c']| among those whose (r, c') and
+    (r', c) are free; one unit of each short block's deficit per round.
+
+    Such an (r', c') always exists while the mask is maximal (every free entry has a full row or column, as greedy
+    leaves it): the columns c' free in row r are full (n kept each); were none of their kept entries in a row r'
+    free in column c, all n·|C'| of them would lie in the rows kept in column c other than r: at most n−2 rows
+    holding at most |C'| each. The swap keeps the mask maximal (only row r and column c grow)."""
+    m = keep.shape[-1]
+    for _ in range(m * m):
+        row_count = keep.sum(dim=2)
+        short = (row_count < n).any(dim=1).nonzero().flatten()
+        if short.numel() == 0:
             return
-        cols = [sum(keep[r][c] for r in range(m)) for c in range(m)]
-        came_from_row, came_from_col = {}, {short: None}  # column -> row before it; row -> column before it
-        queue, end = [short], None
-        while queue and end is None:
-            row = queue.pop(0)
-            for col in sorted(range(m), key=lambda c: -mag[row][c]):
-                if keep[row][col] or col in came_from_row:
-                    continue
-                came_from_row[col] = row
-                if cols[col] < n:
-                    end = col
-                    break
-                for nxt in range(m):
-                    if keep[nxt][col] and nxt not in came_from_col:
-                        came_from_col[nxt] = col
-                        queue.append(nxt)
-        if end is None:  # cannot happen: a short row implies a short column and a path to it in a full block
-            raise RuntimeError("transposable mask: no augmenting path in an M×M block (please report)")
-        col = end
-        while True:
-            row = came_from_row[col]
-            keep[row][col] = True
-            back = came_from_col[row]
-            if back is None:
-                break
-            keep[row][back] = False
-            col = back
+        k, g = keep[short], mag[short]
+        r = (row_count[short] < n).to(torch.uint8).argmax(dim=1)
+        c = (k.sum(dim=1) < n).to(torch.uint8).argmax(dim=1)
+        every = torch.arange(short.numel(), device=keep.device)
+        in_row_r, in_col_c = k[every, r], k[every, :, c]  # [S, M]: kept (r, ·); kept (·, c)
+        movable = k & ~in_col_c[:, :, None] & ~in_row_r[:, None, :]  # kept (r', c') with (r', c), (r, c') free
+        gain = g[every, r][:, None, :] + g[every, :, c][:, :, None] - g
+        best = gain.masked_fill(~movable, float("-inf")).reshape(short.numel(), -1).max(dim=1)
+        found = torch.isfinite(best.values)
+        if not bool(found.any()):
+            break
+        b, r, c, entry = short[found], r[found], c[found], best.indices[found]
+        r2, c2 = entry // m, entry % m
+        keep[b, r, c2] = True
+        keep[b, r2, c2] = False
+        keep[b, r2, c] = True
 
 
 def transposable_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch.Tensor:
     """Boolean transposable N:M mask of ``weight`` [O, I, *k] (O, I divisible by M): in every M×M block of outputs ×
     inputs, at each kernel position, exactly N kept per row and per column, chosen greedily by decreasing |w| (the
-    paper's 2-approximation of the largest kept magnitude) and completed by augmenting paths where greedy stops short."""
+    paper's 2-approximation of the largest kept magnitude) and completed by swaps where greedy stops short."""
     pattern = NMPattern.parse(pattern)
     _check_blockable(weight.shape, pattern)
     n, m = pattern.n, pattern.m
@@ -132,14 +129,12 @@ def transposable_mask(weight: torch.Tensor, pattern: "NMPattern | str") -> torch
         col_count.scatter_add_(1, col, took)
         if k % m == m - 1 and bool((row_count == n).all()):
             break
-    short = (row_count < n).any(dim=1).nonzero().flatten().tolist()
-    if short:
-        kept = keep[short].reshape(-1, m, m).tolist()
-        mags = mag[short].reshape(-1, m, m).tolist()
-        for block_keep, block_mag in zip(kept, mags):
-            _complete_block(block_keep, block_mag, n)
-        keep[short] = torch.tensor(kept, dtype=torch.bool, device=w.device).reshape(-1, m * m)
-    return from_blocks(keep.reshape(-1, m, m), w.shape).contiguous()
+    keep = keep.view(-1, m, m)
+    if not bool((row_count == n).all()):
+        _swap_fill(keep, mag.view(-1, m, m), n)
+        if not (bool((keep.sum(dim=2) == n).all()) and bool((keep.sum(dim=1) == n).all())):
+            raise RuntimeError(f"transposable {pattern} mask: a block left incomplete after greedy (please report)")
+    return from_blocks(keep, w.shape).contiguous()
 
 
 def is_transposable_mask(mask: torch.Tensor, pattern: "NMPattern | str") -> bool:
