@@ -246,3 +246,26 @@ def test_a_small_mlp_learns_with_transposable_masks():
         assert int(layer.nm_step) == 150
         assert is_transposable_mask(layer.mask(), "2:4"), name
         assert layer.mask_is_valid()
+
+
+def test_checkpoint_mid_interval_keeps_the_mask_and_the_schedule():
+    from nm_plugins.core import SparseLinear
+
+    def make():
+        return SparseLinear(8, 8, bias=False, method="transposable", method_args={"refresh_every": 3})
+
+    layer = make()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(32, 8)
+    for _ in range(4):  # mask from step 3; steps 4 and 5 keep it
+        opt.zero_grad()
+        layer(x).square().mean().backward()
+        opt.step()
+    mask = layer.nm_mask.clone()
+    state = layer.state_dict()
+    assert torch.equal(layer.nm_mask, mask)  # saving did not refresh it off schedule
+    assert not torch.equal(mask, transposable_mask(layer.weight.detach(), "2:4"))  # the weight moved since step 3
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert int(resumed.nm_step) == 4 and torch.equal(resumed.nm_mask, mask)
+    assert torch.equal(resumed(x), layer(x))
