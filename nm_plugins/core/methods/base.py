@@ -78,6 +78,15 @@ class NMMethod:
         still carries); True if something was added. Default: nothing (SR-STE adds λ_W·(1−mask)⊙W)."""
         return False
 
+    # --- per-layer state ---------------------------------------------------------------------------------------
+    def method_state(self) -> dict:
+        """Tensors this method learned about its layer and must keep across save / load (e.g. S-STE's β, Bi-Mask's
+        permutation and its random generator); the layer saves them with its state_dict. Default: none."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        """Restore what :meth:`method_state` returned (``state`` is empty for a checkpoint saved without it)."""
+
     # --- description ----------------------------------------------------------------------------------------
     @classmethod
     def uses_builtin_forward(cls) -> bool:
