@@ -155,3 +155,72 @@ def test_bad_settings_name_the_setting(key, bad):
 def test_input_grad_weight_before_mask_raises():
     with pytest.raises(RuntimeError, match="compute_mask"):
         make_method("bimask").input_grad_weight(torch.randn(4, 4), torch.ones(4, 4, dtype=torch.bool), 0)
+
+
+# --- through the real layers (nm_plugins.core.sparsify / SparseLinear) --------------------------------------------
+
+def test_layer_input_gradient_uses_the_backward_mask_and_weight_gradient_the_forward():
+    from nm_plugins.core import SparseLinear
+    torch.manual_seed(7)
+    layer = SparseLinear(16, 12, pattern="2:4", method="bimask", method_args={"refresh_every": 1, "decay": 0.0})
+    x = torch.randn(5, 16, requires_grad=True)
+    y = layer(x)
+    w, f = layer.weight.detach(), layer.nm_mask
+    assert torch.allclose(y, x.detach() @ (w * f).t() + layer.bias.detach(), atol=1e-6)
+    g = torch.randn_like(y)
+    y.backward(g)
+    b = backward_mask(w, f, P24, layer.nm_method.perm)  # searched at step 0 ((0 + 1) % 1 == 0)
+    assert layer.nm_method.perm is not None
+    assert torch.allclose(x.grad, g @ (w * b), atol=1e-6)
+    assert not torch.allclose(x.grad, g @ (w * f), atol=1e-3)  # not the forward weight's input gradient
+    assert torch.allclose(layer.weight.grad, g.t() @ x.detach(), atol=1e-6)  # straight-through, dense
+
+
+def test_bimask_mlp_learns_through_sparsify_with_valid_masks():
+    from nm_plugins.core import sparse_layers, sparsify
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen)
+    y = (x @ torch.randn(16, 4, generator=gen)).argmax(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 4))
+    sparsify(model, "2:4", method="bimask", method_args={"refresh_every": 10, "num_candidates": 5},
+             keep_classifier_dense=False, keep_stem_dense=False, example_inputs=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = lambda: torch.nn.functional.cross_entropy(model(x), y)
+    first = loss().item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    last = loss().item()
+    assert last < 0.2 * first, (first, last)  # 1.40 -> ~0.02 when written
+    for _, layer in sparse_layers(model):
+        assert layer.mask_is_valid()
+        assert int(layer.nm_step) == 40 and layer.nm_method.searched_at == 39  # steps 9, 19, 29, 39
+        assert layer.nm_method.perm is not None
+    assert float((model(x).argmax(1) == y).float().mean()) > 0.9
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError),
+                   reason="the layers do not save NMMethod.method_state yet (a change in core/layers.py, owned by "
+                          "h-core: see docs/methods/sste.md 'Saved state'); remove this mark when they do")
+def test_permutation_survives_a_state_dict_round_trip_through_the_layers():
+    from nm_plugins.core import SparseLinear
+    torch.manual_seed(8)
+    layer = SparseLinear(16, 12, pattern="2:4", method="bimask", method_args={"refresh_every": 2, "num_candidates": 3})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(6, 16, requires_grad=True)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        opt.step()
+    resumed = SparseLinear(16, 12, pattern="2:4", method="bimask", method_args={"refresh_every": 2, "num_candidates": 3})
+    resumed.load_state_dict(layer.state_dict())
+    assert int(resumed.nm_step) == 2 and torch.equal(resumed.nm_method.perm, layer.nm_method.perm)
+    for model in (layer, resumed):  # step 3 searches again: the same candidates, the same input gradient
+        x.grad = None
+        model(x).square().sum().backward()
+        model.grad_in = x.grad.clone()
+    assert torch.equal(resumed.grad_in, layer.grad_in)
+    assert torch.equal(resumed.nm_method.generator.get_state(), layer.nm_method.generator.get_state())

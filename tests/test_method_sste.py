@@ -169,3 +169,70 @@ def test_unknown_setting_and_forward_before_mask():
         make_method("sste", decay=1e-4)
     with pytest.raises(RuntimeError, match="compute_mask"):
         make_method("sste").forward_weight(torch.randn(4, 4), torch.ones(4, 4, dtype=torch.bool), 0)
+
+
+# --- through the real layers (nm_plugins.core.sparsify) ----------------------------------------------------------
+
+def _blobs(seed=0, n=256, dim=16, classes=4):
+    """A fixed synthetic classification task: labels of a random linear teacher."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=gen)
+    y = (x @ torch.randn(dim, classes, generator=gen)).argmax(1)
+    return x, y
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 4))
+
+
+def test_sste_mlp_learns_through_sparsify_with_valid_masks():
+    from nm_plugins.core import sparse_layers, sparsify
+    x, y = _blobs()
+    model = _mlp()
+    initial = {i: m.weight.detach().clone() for i, m in enumerate(model) if isinstance(m, torch.nn.Linear)}
+    report = sparsify(model, "2:4", method="sste", keep_classifier_dense=False, keep_stem_dense=False,
+                      example_inputs=False)
+    assert report.method == "sste" and len(report.sparse_layers) == 3
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = lambda: torch.nn.functional.cross_entropy(model(x), y)
+    first = loss().item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    last = loss().item()
+    assert last < 0.2 * first, (first, last)  # 1.40 -> ~0.02 when written
+    for name, layer in sparse_layers(model):
+        w0 = initial[int(name)]
+        beta0 = rescale_factor(w0, soft_threshold(w0, "2:4"))
+        assert layer.nm_method.beta == pytest.approx(beta0, rel=1e-6)  # β of the initial weight, kept fixed
+        assert layer.mask_is_valid()
+        fw = layer.masked_weight().detach()
+        assert torch.allclose(fw, soft_threshold(layer.weight, "2:4") * beta0, atol=1e-6)
+        assert torch.equal(fw != 0, (fw != 0) & layer.nm_mask)
+    accuracy = float((model(x).argmax(1) == y).float().mean())
+    assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError),
+                   reason="the layers do not save NMMethod.method_state yet (a change in core/layers.py, owned by "
+                          "h-core: see docs/methods/sste.md 'Saved state'); remove this mark when they do")
+def test_beta_survives_a_state_dict_round_trip_through_the_layers():
+    """β is the initial weight's: a resumed model must not recompute it from its trained weights."""
+    from nm_plugins.core import sparsify
+    x, y = _blobs()
+    model = _mlp()
+    sparsify(model, "2:4", method="sste", keep_classifier_dense=False, keep_stem_dense=False, example_inputs=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    resumed = _mlp()
+    sparsify(resumed, "2:4", method="sste", keep_classifier_dense=False, keep_stem_dense=False, example_inputs=False)
+    resumed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(resumed(x), model(x))
+    assert resumed[0].nm_method.beta == model[0].nm_method.beta
