@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mask import masked_grad, nm_mask
+from ..mask import group_topn, masked_grad, nm_mask
 from ..pattern import NMPattern
 from . import register_method
 from .base import NMMethod
@@ -30,16 +30,18 @@ def backward_mask(weight: torch.Tensor, forward_mask: torch.Tensor, pattern: "NM
     """B = F ∧ π⁻¹(top-N |(W ⊙ F)[π]| in every group of M consecutive permuted output channels at each (in, *k));
     ``perm`` None: the identity. A last partial group of r output channels keeps at most min(N, r)."""
     pattern = NMPattern.parse(pattern)
-    kept = weight.detach() * forward_mask
-    fmask = forward_mask
+    out, m = weight.shape[0], pattern.m
+    w, f = weight.detach().reshape(out, -1), forward_mask.reshape(out, -1)  # [out, in·k]: rows contiguous
     if perm is not None:
-        kept, fmask = kept.index_select(0, perm), forward_mask.index_select(0, perm)
-    # dim 0 <-> 1: nm_mask groups M consecutive (permuted) output channels at each (in, *k)
-    along_out = nm_mask(kept.transpose(0, 1), pattern, check_finite=False).transpose(0, 1)
-    permuted = along_out & fmask
-    if perm is None:
-        return permuted.contiguous()
-    return torch.empty_like(permuted, memory_format=torch.contiguous_format).index_copy_(0, perm, permuted)
+        w, f = w.index_select(0, perm), f.index_select(0, perm)
+    kept = w * f.view(torch.uint8)
+    if out % m:  # a last partial group of output channels: zero rows never beat a kept weight
+        kept = torch.cat([kept, kept.new_zeros(-out % m, kept.shape[1])])
+    # group_topn on [out/M, M, in·k]: rank comparisons between the M row slices of each group (no transpose)
+    mask = group_topn(kept.view(-1, m, kept.shape[1]), pattern.n).view(-1, kept.shape[1])[:out].logical_and_(f)
+    if perm is not None:
+        mask = torch.empty_like(mask).index_copy_(0, perm, mask)
+    return mask.view(weight.shape)
 
 
 def search_permutation(weight: torch.Tensor, forward_mask: torch.Tensor, pattern: "NMPattern | str",
@@ -107,7 +109,7 @@ class BiMask(NMMethod):
                                               self.generator)
             self.searched_at = step
         perm = None if self.perm is None else self.perm.to(weight.device)
-        return weight.detach() * backward_mask(weight, mask, self._pattern, perm)
+        return weight.detach() * backward_mask(weight, mask, self._pattern, perm).view(torch.uint8)
 
     def wants_step_term(self) -> bool:
         return self.settings["decay"] != 0.0

@@ -22,18 +22,29 @@ from . import register_method
 from .base import NMMethod
 
 
-def soft_threshold(weight: torch.Tensor, pattern: "NMPattern | str", grouping: str = "channels") -> torch.Tensor:
+def soft_threshold(weight: torch.Tensor, pattern: "NMPattern | str", grouping: str = "channels",
+                   mask: "torch.Tensor | None" = None) -> torch.Tensor:
     """S(W): in every N:M group (the layer's grouping) sign(w)·max(|w| − t, 0), t the group's (N+1)-th largest |w|
-    (0 when N = M; a last partial group of r ≤ N channels keeps its weights unchanged)."""
+    (0 when N = M; a last partial group of r ≤ N channels keeps its weights unchanged). ``mask``: the top-N |w|
+    mask of ``weight`` when already known (t is then the largest pruned |w| of each group)."""
     pattern = NMPattern.parse(pattern)
     w = weight.detach()
     if pattern.n == pattern.m:
         return w.clone()
-    groups = to_flat_groups(w, pattern.m) if grouping == "authors_flat" else to_groups(w, pattern.m)
-    mag = groups.abs()
-    t = mag.kthvalue(pattern.m - pattern.n, dim=1, keepdim=True).values  # (M−N)-th smallest = (N+1)-th largest
-    shrunk = groups.sign() * (mag - t).clamp_min_(0)
-    return from_flat_groups(shrunk, w.shape) if grouping == "authors_flat" else from_groups(shrunk, w.shape)
+    if mask is None:
+        mask = nm_mask(w, pattern, check_finite=False, grouping=grouping)
+    m, pruned = pattern.m, (~mask).view(torch.uint8)
+    if grouping == "channels" and w.shape[1] % m == 0:  # groups as a view: [out, C/M, M, *k]
+        mag = w.abs().unflatten(1, (w.shape[1] // m, m))
+        t = (mag * pruned.unflatten(1, (-1, m))).amax(2, keepdim=True)
+        shrunk = (mag - t).clamp_min_(0).flatten(1, 2)
+    else:  # partial groups (zero-padded: the padding never exceeds t) or the authors' flat groups
+        to, back = (to_flat_groups, from_flat_groups) if grouping == "authors_flat" else (to_groups, from_groups)
+        mag = to(w, m).abs()
+        t = (mag * to(pruned, m)).amax(1, keepdim=True)
+        shrunk = back((mag - t).clamp_min_(0), w.shape)
+    # |w| ≤ t outside the top-N mask, so only the N kept can be non-zero (and not those tied with t)
+    return torch.copysign(shrunk, w)
 
 
 def rescale_factor(weight: torch.Tensor, shrunk: torch.Tensor) -> float:
@@ -89,14 +100,15 @@ class SSTE(NMMethod):
         return nm_mask(weight, pattern, check_finite=False, grouping=grouping)
 
     def forward_weight(self, weight, mask, step):
-        """β·S(W) from the current weight (not from ``mask``: always valid N:M), straight-through in ``weight``."""
+        """β·S(W) from the current weight and its top-N mask ``mask`` (the layer's, computed for this weight),
+        straight-through in ``weight``."""
         if self._layout is None:
             raise RuntimeError("N:M method 'sste': forward_weight called before compute_mask (the layer's pattern "
                                "and grouping are not known yet)")
-        shrunk = soft_threshold(weight, *self._layout)
+        shrunk = soft_threshold(weight, *self._layout, mask=mask)
         if self.beta is None:
             self.beta = rescale_factor(weight, shrunk)
-        return _StraightThrough.apply(weight, (shrunk * self.beta).contiguous())
+        return _StraightThrough.apply(weight, shrunk.mul_(self.beta))
 
     def method_state(self) -> dict:
         return {} if self.beta is None else {"beta": torch.tensor(self.beta, dtype=torch.float64)}
