@@ -156,6 +156,9 @@ def test_state_keeps_beta_across_save_and_load():
     assert fresh.beta == method.beta
     assert torch.allclose(out, soft_threshold(w2, "2:4") * method.beta)
     assert make_method("sste").method_state() == {}
+    fresh.load_method_state({})  # a checkpoint without β (dense, another method): β of the loaded weight
+    fresh.forward_weight(w2, fresh.compute_mask(w2, NMPattern(2, 4), "channels", 0), 0)
+    assert fresh.beta == pytest.approx(rescale_factor(w2, soft_threshold(w2, "2:4")), rel=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["x", -1.0, 0, float("inf"), float("nan")])

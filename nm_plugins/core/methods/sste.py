@@ -114,5 +114,6 @@ class SSTE(NMMethod):
         return {} if self.beta is None else {"beta": torch.tensor(self.beta, dtype=torch.float64)}
 
     def load_method_state(self, state: dict) -> None:
-        if "beta" in state:
-            self.beta = float(state["beta"])
+        """β from the checkpoint; without one (a dense or another method's checkpoint) the setting's again: null
+        recomputes it from the loaded weight at the next forward."""
+        self.beta = float(state["beta"]) if "beta" in state else self.settings["beta"]
