@@ -16,6 +16,11 @@ Two paths, chosen by the method:
   differentiable in ``weight``; autograd through it (or the method's own ``torch.autograd.Function``) is the
   gradient rule. Plain PyTorch, correct first; its cost is measured by ``make reproduce-methods``.
 
+The layer setting ``decay_mode`` (``"step"``/``"call"``) stays on the layer (``layer.decay_mode``); it decides the
+``calls`` passed to :meth:`NMMethod.step_term`. The legacy ``decay`` keyword of the layers, ``sparsify`` and the
+adapters fills a method's ``decay`` setting where it has one (``method_args`` wins); ``layer.decay`` reads it (0 for
+methods without one).
+
 A method object holds its settings (``self.settings``) and, where a method needs it, what it learned about its
 layer (S-STE's β, Bi-Mask's permutation), given to the layer's state_dict through :meth:`NMMethod.method_state`;
 each layer holds its own copy (a deepcopy of an object passed in); the mask and step count live in the layer.
