@@ -22,7 +22,7 @@ adapters fills a method's ``decay`` setting where it has one (``method_args`` wi
 methods without one).
 
 A method object holds its settings (``self.settings``) and, where a method needs it, what it learned about its
-layer (S-STE's β, Bi-Mask's permutation), given to the layer's state_dict through :meth:`NMMethod.method_state`;
+layer (S-STE's β, Bi-Mask's permutation), which :meth:`NMMethod.method_state` returns for the layer to save;
 each layer holds its own copy (a deepcopy of an object passed in); the mask and step count live in the layer.
 
 Under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` / FX, only methods on the built-in path with the
