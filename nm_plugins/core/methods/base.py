@@ -21,8 +21,9 @@ The layer setting ``decay_mode`` (``"step"``/``"call"``) stays on the layer (``l
 adapters fills a method's ``decay`` setting where it has one (``method_args`` wins); ``layer.decay`` reads it (0 for
 methods without one).
 
-A method object holds settings only (``self.settings``); each layer holds its own copy (a deepcopy of an object
-passed in), and per-layer state (mask, step count) lives in the layer.
+A method object holds its settings (``self.settings``) and, where a method needs it, what it learned about its
+layer (S-STE's β, Bi-Mask's permutation), which :meth:`NMMethod.method_state` returns for the layer to save;
+each layer holds its own copy (a deepcopy of an object passed in); the mask and step count live in the layer.
 
 Under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` / FX, only methods on the built-in path with the
 default ``compute_mask`` and ``mask_due`` are recorded (the ``nm_sparsity::masked_weight`` operator); a layer whose
@@ -103,6 +104,15 @@ class NMMethod:
     def wants_step_term(self) -> bool:
         """Whether :meth:`step_term` adds anything with these settings (default: when the class overrides it)."""
         return type(self).step_term is not NMMethod.step_term
+
+    # --- per-layer state ---------------------------------------------------------------------------------------
+    def method_state(self) -> dict:
+        """Tensors this method learned about its layer and must keep across save / load (e.g. S-STE's β, Bi-Mask's
+        permutation and its random generator); the layer saves them with its state_dict. Default: none."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        """Restore what :meth:`method_state` returned (``state`` is empty for a checkpoint saved without it)."""
 
     # --- description ----------------------------------------------------------------------------------------
     @classmethod
