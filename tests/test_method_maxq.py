@@ -1,0 +1,235 @@
+"""MaxQ (nm_plugins.core.methods.maxq) from its equations, on real tensors: the mask and its incremental-sparsity
+ramp, the multi-axis soft scores, the forward weight, the straight-through gradient, the SR-STE step term and the
+settings' validation."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nm_plugins import NMPattern, is_valid_nm_mask, nm_mask
+from nm_plugins.core.mask import to_flat_groups, to_groups
+from nm_plugins.core.methods import make_method, method_names
+
+P24 = NMPattern.parse("2:4")
+
+
+def _groups(t, pattern, grouping):
+    return to_flat_groups(t, pattern.m) if grouping == "authors_flat" else to_groups(t, pattern.m)
+
+
+def _row_scores(values, pattern, tau):
+    """The soft score of one axis, from the equation, entry by entry in plain Python floats:
+    q = floor((M-N)/M * L); t = mean of the q-th and (q+1)-th smallest; 0 for the q smallest, else sigmoid."""
+    length = len(values)
+    q = int((pattern.m - pattern.n) / pattern.m * length)
+    order = sorted(range(length), key=lambda i: (values[i], i))  # ties: the lower index counts as smaller
+    t = (values[order[q - 1]] + values[order[q]]) / 2
+    out = [0.0] * length
+    for i in order[q:]:
+        out[i] = 1 / (1 + math.exp(-(values[i] - t) / tau))
+    return out
+
+
+def _reference_scores(weight, pattern, tau, kernel_axis=True):
+    """1 + f + p from the equations, filter by filter and kernel position by kernel position."""
+    mag = weight.detach().double().abs()
+    out = torch.ones_like(mag)
+    flat = mag.reshape(mag.shape[0], -1)
+    for o in range(mag.shape[0]):
+        out.reshape(mag.shape[0], -1)[o] += torch.tensor(_row_scores(flat[o].tolist(), pattern, tau), dtype=mag.dtype)
+    if kernel_axis and mag.dim() > 2 and mag[0, 0].numel() > 1:
+        positions = mag[0, 0].numel()
+        by_pos = mag.reshape(-1, positions)
+        extra = torch.zeros_like(by_pos)
+        for k in range(positions):
+            extra[:, k] = torch.tensor(_row_scores(by_pos[:, k].tolist(), pattern, tau), dtype=mag.dtype)
+        out += extra.reshape(mag.shape)
+    return out
+
+
+def test_maxq_is_registered_with_its_own_forward_and_a_schedule():
+    assert "maxq" in method_names()
+    method = make_method("maxq")
+    assert method.uses_step and not method.uses_builtin_forward()
+    assert method.describe().startswith("maxq(")
+
+
+@pytest.mark.parametrize("grouping", ["channels", "authors_flat"])
+@pytest.mark.parametrize("shape", [(8, 16), (6, 8, 3, 3), (4, 12, 1, 1)])
+def test_mask_after_the_ramp_is_the_nm_magnitude_mask(shape, grouping):
+    method = make_method("maxq", ramp_start=10, ramp_end=50)
+    w = torch.randn(shape)
+    for step in (50, 51, 1000):
+        mask = method.compute_mask(w, P24, grouping, step)
+        assert mask.dtype == torch.bool and mask.shape == w.shape
+        assert is_valid_nm_mask(mask, P24, grouping)
+        assert torch.equal(mask, nm_mask(w, P24, grouping=grouping))
+
+
+@pytest.mark.parametrize("grouping", ["channels", "authors_flat"])
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "2:8"])
+def test_mid_ramp_the_smallest_groups_stay_dense_and_the_others_are_nm(pattern, grouping):
+    pattern = NMPattern.parse(pattern)
+    method = make_method("maxq", ramp_start=0, ramp_end=100)
+    w = torch.randn(6, 16, 3, 3)
+    groups = _groups(w, pattern, grouping)
+    sums = groups.abs().sum(dim=1)
+    reference = _groups(nm_mask(w, pattern, grouping=grouping), pattern, grouping)
+    for step in (1, 37, 50, 99):
+        mask = _groups(method.compute_mask(w, pattern, grouping, step), pattern, grouping)
+        dense = mask.all(dim=1)
+        assert int(dense.sum()) == int((1 - step / 100) * groups.shape[0])
+        # the dense groups are those of smallest sum |w|; every other group is the N:M magnitude mask
+        assert sums[dense].max() <= sums[~dense].min()
+        assert torch.equal(mask[~dense], reference[~dense])
+    assert torch.equal(method.compute_mask(w, pattern, grouping, 0), torch.ones_like(w, dtype=torch.bool))
+
+
+def test_dense_groups_with_a_partial_last_group():
+    """Input channels not divisible by M: groups are zero-padded (their sum is over their real channels) and a
+    revived partial group keeps all its real channels."""
+    pattern = NMPattern.parse("1:4")
+    method = make_method("maxq", ramp_end=10)
+    w = torch.randn(3, 6)  # per row one whole group (channels 0-3) and one partial group (channels 4-5)
+    sums = [(r, g, float(w[r, 4 * g: 4 * g + 4].abs().sum())) for r in range(3) for g in range(2)]
+    revived = sorted(sums, key=lambda item: item[2])[: int(0.5 * 6)]
+    expected = nm_mask(w, pattern).clone()
+    for r, g, _ in revived:
+        expected[r, 4 * g: 4 * g + 4] = True
+    assert torch.equal(method.compute_mask(w, pattern, "channels", 5), expected)
+    assert is_valid_nm_mask(method.compute_mask(w, pattern, "channels", 10), pattern)
+
+
+def _authors_rate(epoch, start, end, schedule):
+    """The share of dense groups at an epoch, from the equations (1 before start, 0 from end on)."""
+    if start == end == 0:
+        return 0.0
+    if epoch < start:
+        return 1.0
+    if epoch >= end:
+        return 0.0
+    x = (epoch - start) / (end - start)
+    return {"linear": 1 - x, "cubic": (1 - x) ** 3, "cos": math.cos(x * math.pi / 2)}[schedule]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cubic", "cos"])
+def test_schedule_in_steps_is_the_epoch_schedule_when_ramp_every_is_an_epoch(schedule):
+    steps_per_epoch, start_epoch, end_epoch = 7, 2, 12
+    method = make_method("maxq", ramp_start=start_epoch * steps_per_epoch, ramp_end=end_epoch * steps_per_epoch,
+                         ramp_every=steps_per_epoch, schedule=schedule)
+    for step in range(0, 15 * steps_per_epoch):
+        expected = _authors_rate(step // steps_per_epoch, start_epoch, end_epoch, schedule)
+        assert method.dense_share(step) == pytest.approx(expected, abs=1e-15), step
+    # the shares ramp down monotonically from 1 to 0
+    shares = [method.dense_share(s) for s in range(0, 15 * steps_per_epoch)]
+    assert shares[0] == 1.0 and shares[-1] == 0.0
+    assert all(a >= b for a, b in zip(shares, shares[1:]))
+
+
+def test_schedule_values_per_step():
+    linear = make_method("maxq", ramp_start=100, ramp_end=300)
+    assert [linear.dense_share(s) for s in (0, 99, 100, 150, 200, 299, 300, 10**6)] == \
+        [1.0, 1.0, 1.0, 0.75, 0.5, 1 - 199 / 200, 0.0, 0.0]
+    cubic = make_method("maxq", ramp_end=4, schedule="cubic")
+    assert [cubic.dense_share(s) for s in range(5)] == [1.0, 0.75 ** 3, 0.5 ** 3, 0.25 ** 3, 0.0]
+    cos = make_method("maxq", ramp_end=3, schedule="cos")
+    assert cos.dense_share(1) == pytest.approx(math.cos(math.pi / 6))
+    no_ramp = make_method("maxq")  # ramp_start = ramp_end = 0: N:M from the first step
+    assert no_ramp.dense_share(0) == 0.0
+    late = make_method("maxq", ramp_start=5, ramp_end=5)  # a jump: dense before step 5, N:M from it
+    assert (late.dense_share(4), late.dense_share(5)) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("kernel_axis", [True, False])
+@pytest.mark.parametrize("shape,pattern", [((8, 16), "2:4"), ((6, 8, 3, 3), "2:4"), ((6, 8, 3, 3), "1:4"),
+                                           ((4, 16, 1, 1), "2:8"), ((5, 8, 2, 3), "1:2")])
+def test_scores_follow_the_filter_and_kernel_equations(shape, pattern, kernel_axis):
+    pattern = NMPattern.parse(pattern)
+    method = make_method("maxq", tau=0.05, kernel_axis=kernel_axis)
+    w = torch.randn(shape, dtype=torch.float64) * 0.1
+    got = method.scores(w, pattern)
+    torch.testing.assert_close(got, _reference_scores(w, pattern, 0.05, kernel_axis), rtol=1e-12, atol=1e-12)
+    has_kernel = kernel_axis and len(shape) > 2 and shape[2] * shape[3] > 1
+    assert got.min() >= 1 and got.max() <= (3 if has_kernel else 2)
+    # per filter exactly the share (M-N)/M (rounded down) gets no filter score
+    if not has_kernel:
+        q = int((pattern.m - pattern.n) / pattern.m * w[0].numel())
+        assert ((got == 1).reshape(shape[0], -1).sum(dim=1) == q).all()
+
+
+def test_scores_of_ties_count_the_lower_index_as_smaller():
+    w = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.1, 0.9, 0.1, 0.9]])
+    scores = make_method("maxq").scores(w, P24)
+    # q = 4 of 8: the two 0.1 and the first two 0.5 get no score; the threshold is 0.5: sigmoid(0) = 0.5
+    assert scores[0, :4].tolist() == [1.0, 1.0, 1.5, 1.5]
+    assert scores[0, 4].item() == 1.0 and scores[0, 6].item() == 1.0
+    assert scores[0, 5].item() == pytest.approx(1 + 1 / (1 + math.exp(-40)))
+
+
+@pytest.mark.parametrize("shape", [(8, 16), (6, 8, 3, 3)])
+def test_forward_weight_is_weight_times_mask_times_scores(shape):
+    method = make_method("maxq", ramp_end=20)
+    w = torch.randn(shape).mul_(0.05).requires_grad_()
+    for step in (3, 20):
+        mask = method.compute_mask(w, P24, "channels", step)
+        out = method.forward_weight(w, mask, step, pattern=P24)
+        assert torch.equal(out, w.detach() * (mask.to(w.dtype) * method.scores(w, P24)))
+        assert (out[~mask] == 0).all()
+    assert is_valid_nm_mask(out != 0, P24)  # after the ramp: N:M support (scores only rescale kept weights)
+
+
+def test_gradient_is_straight_through_to_the_weight():
+    """∂L/∂W = ∂L/∂W_fwd: not multiplied by the mask nor by the scores (the authors' SoftParameterMasker)."""
+    method = make_method("maxq")
+    w = torch.randn(6, 8, 3, 3).mul_(0.1).requires_grad_()
+    x = torch.randn(2, 8, 5, 5)
+    mask = method.compute_mask(w, P24, "channels", 0)
+    out = method.forward_weight(w, mask, 0, pattern=P24)
+    F.conv2d(x, out, padding=1).square().sum().backward()
+    leaf = out.detach().requires_grad_()
+    F.conv2d(x, leaf, padding=1).square().sum().backward()
+    assert torch.equal(w.grad, leaf.grad)
+    assert not torch.equal(w.grad, leaf.grad * mask * method.scores(w, P24))  # not the formula's own gradient
+    assert (w.grad[~mask] != 0).any()  # pruned weights get gradient
+
+
+def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
+    method = make_method("maxq", decay=3e-3, ramp_end=10)
+    w = torch.randn(8, 16)
+    for step in (4, 10):  # mid-ramp the dense groups are not decayed
+        mask = method.compute_mask(w, P24, "channels", step)
+        grad = torch.randn(8, 16)
+        expected = grad + 3e-3 * (~mask).float() * w
+        assert method.step_term(w, mask, grad, step) is True
+        torch.testing.assert_close(grad, expected, rtol=0, atol=1e-7)
+    grad = torch.randn(8, 16)
+    expected = grad + 1024.0 * 3e-3 * (~mask).float() * w
+    assert method.step_term(w, mask, grad, 10, grad_scale=torch.tensor(1024.0))
+    torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
+    grad = torch.randn(8, 16)
+    before = grad.clone()
+    assert make_method("maxq", decay=0.0).step_term(w, mask, grad, 10) is False
+    assert torch.equal(grad, before)
+
+
+@pytest.mark.parametrize("settings,named", [
+    ({"decay": -1.0}, "decay"), ({"tau": 0.0}, "tau"), ({"ramp_start": -1}, "ramp_start"),
+    ({"ramp_start": 10, "ramp_end": 5}, "ramp_end"), ({"ramp_end": 2.5}, "ramp_end"), ({"ramp_every": 0}, "ramp_every"),
+    ({"schedule": "exp"}, "schedule"), ({"kernel_axis": "yes"}, "kernel_axis"), ({"refresh": 3}, "refresh"),
+])
+def test_bad_settings_raise_naming_the_setting(settings, named):
+    with pytest.raises(ValueError, match=named):
+        make_method("maxq", **settings)
+
+
+def test_forward_weight_refuses_what_it_cannot_score():
+    method = make_method("maxq")
+    w = torch.randn(4, 8)
+    mask = method.compute_mask(w, P24, "channels", 0)
+    with pytest.raises(ValueError, match="pattern"):
+        method.forward_weight(w, mask, 0)
+    with pytest.raises(ValueError, match="N < M"):
+        method.forward_weight(w, torch.ones_like(mask), 0, pattern="4:4")
+    with pytest.raises(ValueError, match="at least 2 weights"):
+        method.scores(torch.randn(3, 1), P24)
