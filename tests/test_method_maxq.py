@@ -208,7 +208,12 @@ def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
     assert method.step_term(w, mask, grad, 10, grad_scale=torch.tensor(1024.0))
     torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
     grad = torch.randn(8, 16)
+    expected = grad + 3 * 3e-3 * (~mask).float() * w  # owed three times (the layer's decay_mode="call")
+    assert method.step_term(w, mask, grad, 10, calls=3)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-7)
+    grad = torch.randn(8, 16)
     before = grad.clone()
+    assert method.wants_step_term() and not make_method("maxq", decay=0.0).wants_step_term()
     assert make_method("maxq", decay=0.0).step_term(w, mask, grad, 10) is False
     assert torch.equal(grad, before)
 
@@ -223,12 +228,24 @@ def test_bad_settings_raise_naming_the_setting(settings, named):
         make_method("maxq", **settings)
 
 
+def test_forward_weight_takes_the_pattern_of_its_mask_and_refuses_to_guess():
+    w = torch.randn(4, 8)
+    fresh = make_method("maxq")
+    with pytest.raises(ValueError, match="pattern"):
+        fresh.forward_weight(w, torch.ones_like(w, dtype=torch.bool), 0)
+    method = make_method("maxq")
+    mask = method.compute_mask(w, "1:4", "channels", 0)
+    assert torch.equal(method.forward_weight(w, mask, 0), method.forward_weight(w, mask, 0, pattern="1:4"))
+    assert not torch.equal(method.forward_weight(w, mask, 0), method.forward_weight(w, mask, 0, pattern="2:4"))
+    method.compute_mask(w, P24, "channels", 0)  # one object used for two patterns: no guess
+    with pytest.raises(ValueError, match="patterns seen: 1:4, 2:4"):
+        method.forward_weight(w, mask, 0)
+
+
 def test_forward_weight_refuses_what_it_cannot_score():
     method = make_method("maxq")
     w = torch.randn(4, 8)
     mask = method.compute_mask(w, P24, "channels", 0)
-    with pytest.raises(ValueError, match="pattern"):
-        method.forward_weight(w, mask, 0)
     with pytest.raises(ValueError, match="N < M"):
         method.forward_weight(w, torch.ones_like(mask), 0, pattern="4:4")
     with pytest.raises(ValueError, match="at least 2 weights"):

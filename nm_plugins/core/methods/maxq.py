@@ -122,7 +122,9 @@ class MaxQ(NMMethod):
     # --- the mask ---------------------------------------------------------------------------------------------
     def compute_mask(self, weight: torch.Tensor, pattern: NMPattern, grouping: str, step: int) -> torch.Tensor:
         """The N:M mask of |w| (nm_mask: C kernel / Triton), with the ⌊ρ(step)·G⌋ groups of smallest Σ|w| all
-        True (ties: the lower group index first)."""
+        True (ties: the lower group index first). Remembers ``pattern`` for :meth:`forward_weight`."""
+        pattern = NMPattern.parse(pattern)
+        self.__dict__.setdefault("_patterns", set()).add(pattern)
         mask = nm_mask(weight, pattern, check_finite=False, grouping=grouping)
         w = weight.detach()
         flat = grouping == "authors_flat"
@@ -153,19 +155,31 @@ class MaxQ(NMMethod):
 
     def forward_weight(self, weight: torch.Tensor, mask: torch.Tensor, step: int,
                        pattern: "NMPattern | None" = None) -> torch.Tensor:
-        """W ⊙ m ⊙ (1 + f + p), with the gradient passed straight through to W. ``pattern``: the layer's N:M
-        pattern (the scores' share q/L is (M−N)/M; the base contract's forward_weight does not receive it)."""
+        """W ⊙ m ⊙ (1 + f + p), with the gradient passed straight through to W.
+
+        ``pattern``: the layer's N:M pattern (the scores prune the share (M−N)/M of each axis). The contract's
+        forward_weight does not pass it, so by default it is the pattern this object's :meth:`compute_mask` was
+        called with (each layer holds its own method object); ValueError when there is none, or several."""
         if pattern is None:
-            raise ValueError("maxq: forward_weight needs the layer's N:M pattern (pattern=...): its soft scores "
-                             "threshold each filter / kernel position at the share (M-N)/M of its weights")
+            seen = self.__dict__.get("_patterns", set())
+            if len(seen) != 1:
+                found = ", ".join(sorted(map(str, seen))) or "none"
+                raise ValueError(f"maxq: forward_weight needs the layer's N:M pattern: pass pattern=..., or compute "
+                                 f"this object's mask for exactly one pattern first (patterns seen: {found})")
+            (pattern,) = seen
         pattern = NMPattern.parse(pattern)
         scale = mask.to(weight.dtype) * self.scores(weight, pattern)
         return _StraightThrough.apply(weight, scale)
 
+    def wants_step_term(self) -> bool:
+        """Whether :meth:`step_term` adds anything: when decay > 0."""
+        return float(self.settings["decay"]) != 0.0
+
     def step_term(self, weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, step: int,
-                  grad_scale: "torch.Tensor | None" = None) -> bool:
-        """grad += λ·(1 − m)⊙W (times ``grad_scale`` when the gradient carries a loss scale)."""
-        decay = float(self.settings["decay"])
+                  grad_scale: "torch.Tensor | None" = None, calls: int = 1) -> bool:
+        """grad += calls·λ·(1 − m)⊙W (times ``grad_scale`` when the gradient carries a loss scale; ``calls``: the
+        times the term is owed, >1 only with the layer's decay_mode="call")."""
+        decay = float(self.settings["decay"]) * calls
         if decay == 0.0:
             return False
         with torch.no_grad():
