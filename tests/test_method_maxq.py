@@ -250,3 +250,102 @@ def test_forward_weight_refuses_what_it_cannot_score():
         method.forward_weight(w, torch.ones_like(mask), 0, pattern="4:4")
     with pytest.raises(ValueError, match="at least 2 weights"):
         method.scores(torch.randn(3, 1), P24)
+
+
+# --- through the real layers (nm_plugins.core.sparsify) -------------------------------------------------------
+
+def _teacher_task(n=128, seed=0):
+    """A fixed synthetic 4-class image task: labels of a random teacher CNN on Gaussian images."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=gen)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(),
+                                  torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 4))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        y = teacher(x).argmax(dim=1)
+    return x, y
+
+
+def _student():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),   # stem: dense
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),  # N:M
+        torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU(),             # N:M (1x1: filter score only)
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(64, 32), torch.nn.ReLU(),                # N:M (linear)
+        torch.nn.Linear(32, 4))                                  # classifier: dense
+
+
+def test_a_small_cnn_learns_with_maxq_and_ends_with_nm_masks(one_torch_thread):
+    from nm_plugins import export_dense, sparse_layers, sparsify
+
+    torch.manual_seed(0)
+    x, y = _teacher_task()
+    model = _student()
+    sparsify(model, "2:4", "maxq", method_args={"ramp_end": 40, "ramp_every": 10}, example_inputs=x[:2])
+    layers = dict(sparse_layers(model))
+    assert sorted(layers) == ["2", "4", "8"] and all(layer.method == "maxq" for layer in layers.values())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(100):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step == 19:  # mid-ramp: at step 20 half the groups of every layer are dense
+            for layer in layers.values():
+                mask = layer.mask()
+                dense = to_groups(mask, 4).all(dim=1)
+                assert int(dense.sum()) == int(0.5 * dense.numel()) and not layer.mask_is_valid()
+    assert sum(losses[-10:]) / 10 < 0.5 * losses[0], (losses[0], losses[-10:])
+    model.eval()
+    for layer in layers.values():
+        assert int(layer.nm_step) == 100
+        assert layer.mask_is_valid() and torch.equal(layer.mask(), nm_mask(layer.weight, "2:4"))
+    # the deployable model: plain layers holding W ⊙ m ⊙ (1 + f + p), N:M, computing what the sparse model computes
+    plain = export_dense(model)
+    for name, layer in layers.items():
+        weight = plain.get_submodule(name).weight
+        assert torch.equal(weight, layer.weight.detach() * layer.mask() * layer.nm_method.scores(layer.weight, P24))
+        assert is_valid_nm_mask(weight != 0, "2:4")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
+
+
+def test_one_sgd_step_through_a_layer_is_straight_through_plus_the_srste_term():
+    from nm_plugins import SparseLinear
+
+    torch.manual_seed(1)
+    layer = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"decay": 0.1})
+    w0 = layer.weight.detach().clone()
+    x = torch.randn(5, 16)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    mask = layer.mask().clone()
+    layer(x).square().sum().backward()
+    leaf = (w0 * mask * layer.nm_method.scores(w0, P24)).requires_grad_()
+    F.linear(x, leaf, layer.bias.detach()).square().sum().backward()
+    assert torch.equal(layer.weight.grad, leaf.grad)  # straight through: the forward weight's gradient
+    opt.step()
+    expected = w0 - (leaf.grad + 0.1 * (~mask).float() * w0)
+    torch.testing.assert_close(layer.weight.detach(), expected, rtol=0, atol=1e-6)
+    assert int(layer.nm_step) == 1
+
+
+def test_the_layers_schedule_follows_its_saved_step():
+    """nm_step is saved with the layer: a reloaded layer continues the ramp where it was."""
+    from nm_plugins import SparseLinear
+
+    torch.manual_seed(2)
+    layer = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end": 4})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(5, 16)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(x).sum().backward()
+        opt.step()
+    assert int(to_groups(layer.mask(), 4).all(dim=1).sum()) == int(0.5 * 32)
+    again = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end": 4})
+    again.load_state_dict(layer.state_dict())
+    assert int(again.nm_step) == 2 and torch.equal(again.mask(), layer.mask())
