@@ -58,7 +58,7 @@ def test_maxq_is_registered_with_its_own_forward_and_a_schedule():
 @pytest.mark.parametrize("grouping", ["channels", "authors_flat"])
 @pytest.mark.parametrize("shape", [(8, 16), (6, 8, 3, 3), (4, 12, 1, 1)])
 def test_mask_after_the_ramp_is_the_nm_magnitude_mask(shape, grouping):
-    method = make_method("maxq", ramp_start=10, ramp_end=50)
+    method = make_method("maxq", ramp_start_step=10, ramp_end_step=50)
     w = torch.randn(shape)
     for step in (50, 51, 1000):
         mask = method.compute_mask(w, P24, grouping, step)
@@ -71,7 +71,7 @@ def test_mask_after_the_ramp_is_the_nm_magnitude_mask(shape, grouping):
 @pytest.mark.parametrize("pattern", ["2:4", "1:4", "2:8"])
 def test_mid_ramp_the_smallest_groups_stay_dense_and_the_others_are_nm(pattern, grouping):
     pattern = NMPattern.parse(pattern)
-    method = make_method("maxq", ramp_start=0, ramp_end=100)
+    method = make_method("maxq", ramp_start_step=0, ramp_end_step=100)
     w = torch.randn(6, 16, 3, 3)
     groups = _groups(w, pattern, grouping)
     sums = groups.abs().sum(dim=1)
@@ -90,7 +90,7 @@ def test_dense_groups_with_a_partial_last_group():
     """Input channels not divisible by M: groups are zero-padded (their sum is over their real channels) and a
     revived partial group keeps all its real channels."""
     pattern = NMPattern.parse("1:4")
-    method = make_method("maxq", ramp_end=10)
+    method = make_method("maxq", ramp_end_step=10)
     w = torch.randn(3, 6)  # per row one whole group (channels 0-3) and one partial group (channels 4-5)
     sums = [(r, g, float(w[r, 4 * g: 4 * g + 4].abs().sum())) for r in range(3) for g in range(2)]
     revived = sorted(sums, key=lambda item: item[2])[: int(0.5 * 6)]
@@ -114,10 +114,10 @@ def _authors_rate(epoch, start, end, schedule):
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cubic", "cos"])
-def test_schedule_in_steps_is_the_epoch_schedule_when_ramp_every_is_an_epoch(schedule):
+def test_schedule_in_steps_is_the_epoch_schedule_when_ramp_every_steps_is_an_epoch(schedule):
     steps_per_epoch, start_epoch, end_epoch = 7, 2, 12
-    method = make_method("maxq", ramp_start=start_epoch * steps_per_epoch, ramp_end=end_epoch * steps_per_epoch,
-                         ramp_every=steps_per_epoch, schedule=schedule)
+    method = make_method("maxq", ramp_start_step=start_epoch * steps_per_epoch,
+                         ramp_end_step=end_epoch * steps_per_epoch, ramp_every_steps=steps_per_epoch, schedule=schedule)
     for step in range(0, 15 * steps_per_epoch):
         expected = _authors_rate(step // steps_per_epoch, start_epoch, end_epoch, schedule)
         assert method.dense_share(step) == pytest.approx(expected, abs=1e-15), step
@@ -128,16 +128,16 @@ def test_schedule_in_steps_is_the_epoch_schedule_when_ramp_every_is_an_epoch(sch
 
 
 def test_schedule_values_per_step():
-    linear = make_method("maxq", ramp_start=100, ramp_end=300)
+    linear = make_method("maxq", ramp_start_step=100, ramp_end_step=300)
     assert [linear.dense_share(s) for s in (0, 99, 100, 150, 200, 299, 300, 10**6)] == \
         [1.0, 1.0, 1.0, 0.75, 0.5, 1 - 199 / 200, 0.0, 0.0]
-    cubic = make_method("maxq", ramp_end=4, schedule="cubic")
+    cubic = make_method("maxq", ramp_end_step=4, schedule="cubic")
     assert [cubic.dense_share(s) for s in range(5)] == [1.0, 0.75 ** 3, 0.5 ** 3, 0.25 ** 3, 0.0]
-    cos = make_method("maxq", ramp_end=3, schedule="cos")
+    cos = make_method("maxq", ramp_end_step=3, schedule="cos")
     assert cos.dense_share(1) == pytest.approx(math.cos(math.pi / 6))
-    no_ramp = make_method("maxq")  # ramp_start = ramp_end = 0: N:M from the first step
+    no_ramp = make_method("maxq")  # ramp_start_step = ramp_end_step = 0: N:M from the first step
     assert no_ramp.dense_share(0) == 0.0
-    late = make_method("maxq", ramp_start=5, ramp_end=5)  # a jump: dense before step 5, N:M from it
+    late = make_method("maxq", ramp_start_step=5, ramp_end_step=5)  # a jump: dense before step 5, N:M from it
     assert (late.dense_share(4), late.dense_share(5)) == (1.0, 0.0)
 
 
@@ -169,7 +169,7 @@ def test_scores_of_ties_count_the_lower_index_as_smaller():
 
 @pytest.mark.parametrize("shape", [(8, 16), (6, 8, 3, 3)])
 def test_forward_weight_is_weight_times_mask_times_scores(shape):
-    method = make_method("maxq", ramp_end=20)
+    method = make_method("maxq", ramp_end_step=20)
     w = torch.randn(shape).mul_(0.05).requires_grad_()
     for step in (3, 20):
         mask = method.compute_mask(w, P24, "channels", step)
@@ -195,7 +195,7 @@ def test_gradient_is_straight_through_to_the_weight():
 
 
 def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
-    method = make_method("maxq", decay=3e-3, ramp_end=10)
+    method = make_method("maxq", decay=3e-3, ramp_end_step=10)
     w = torch.randn(8, 16)
     for step in (4, 10):  # mid-ramp the dense groups are not decayed
         mask = method.compute_mask(w, P24, "channels", step)
@@ -219,8 +219,9 @@ def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
 
 
 @pytest.mark.parametrize("settings,named", [
-    ({"decay": -1.0}, "decay"), ({"tau": 0.0}, "tau"), ({"ramp_start": -1}, "ramp_start"),
-    ({"ramp_start": 10, "ramp_end": 5}, "ramp_end"), ({"ramp_end": 2.5}, "ramp_end"), ({"ramp_every": 0}, "ramp_every"),
+    ({"decay": -1.0}, "decay"), ({"tau": 0.0}, "tau"), ({"ramp_start_step": -1}, "ramp_start_step"),
+    ({"ramp_start_step": 10, "ramp_end_step": 5}, "ramp_end_step"), ({"ramp_end_step": 2.5}, "ramp_end_step"),
+    ({"ramp_every_steps": 0}, "ramp_every_steps"),
     ({"schedule": "exp"}, "schedule"), ({"kernel_axis": "yes"}, "kernel_axis"), ({"refresh": 3}, "refresh"),
 ])
 def test_bad_settings_raise_naming_the_setting(settings, named):
@@ -283,7 +284,7 @@ def test_a_small_cnn_learns_with_maxq_and_ends_with_nm_masks(one_torch_thread):
     torch.manual_seed(0)
     x, y = _teacher_task()
     model = _student()
-    sparsify(model, "2:4", "maxq", method_args={"ramp_end": 40, "ramp_every": 10}, example_inputs=x[:2])
+    sparsify(model, "2:4", "maxq", method_args={"ramp_end_step": 40, "ramp_every_steps": 10}, example_inputs=x[:2])
     layers = dict(sparse_layers(model))
     assert sorted(layers) == ["2", "4", "8"] and all(layer.method == "maxq" for layer in layers.values())
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -338,7 +339,7 @@ def test_the_layers_schedule_follows_its_saved_step():
     from nm_plugins import SparseLinear
 
     torch.manual_seed(2)
-    layer = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end": 4})
+    layer = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end_step": 4})
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x = torch.randn(5, 16)
     for _ in range(2):
@@ -346,6 +347,6 @@ def test_the_layers_schedule_follows_its_saved_step():
         layer(x).sum().backward()
         opt.step()
     assert int(to_groups(layer.mask(), 4).all(dim=1).sum()) == int(0.5 * 32)
-    again = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end": 4})
+    again = SparseLinear(16, 8, pattern="2:4", method="maxq", method_args={"ramp_end_step": 4})
     again.load_state_dict(layer.state_dict())
     assert int(again.nm_step) == 2 and torch.equal(again.mask(), layer.mask())

@@ -11,15 +11,16 @@ forward weight is ::
   the others (each kept entry gets a score in [0.5, 1)).
 * kernel axis (convolutions with a kernel of more than one position): the same at every kernel position
   (kh, kw) over its out·in entries; p = 0 for linear layers and 1×1 convolutions.
-* incremental sparsity: at step t a share ρ(t) of the groups stays dense: the ⌊ρ(t)·G⌋ groups with the smallest
-  Σ|w| (of G groups) keep all their M weights. ρ = 1 before ``ramp_start``, ρ = 0 from ``ramp_end`` on, and in
-  between ρ = 1 − x (``linear``), (1 − x)³ (``cubic``) or cos(πx/2) (``cos``) with
-  x = (t' − ramp_start)/(ramp_end − ramp_start), t' = t rounded down to a multiple of ``ramp_every``.
+* incremental sparsity: at step t a share ρ(t) of the groups stays dense: the ⌊ρ(t)·G⌋ groups with the
+  smallest Σ|w| (of G groups) keep all their M weights. ρ = 1 before ``ramp_start_step``, ρ = 0 from
+  ``ramp_end_step`` on, and in between ρ = 1 − x (``linear``), (1 − x)³ (``cubic``) or cos(πx/2) (``cos``) with
+  x = (t' − ramp_start_step)/(ramp_end_step − ramp_start_step), t' = t rounded down to a multiple of
+  ``ramp_every_steps``.
 * gradient: straight through, ∂L/∂W = ∂L/∂W_fwd (neither the mask nor the scores are differentiated);
   at the optimizer step the SR-STE term λ·(1 − m)⊙W is added (m including the dense groups).
 
-From ramp_end on the mask is a valid N:M mask; the forward weight is then W ⊙ m ⊙ (1 + f + p), N:M sparse with
-the support of m (the deployable weight: the scores fold into it). Details read in the authors' code
+From ramp_end_step on the mask is a valid N:M mask; the forward weight is then W ⊙ m ⊙ (1 + f + p), N:M sparse
+with the support of m (the deployable weight: the scores fold into it). Details read in the authors' code
 (JingyangXiang/MaxQ, models/conv_type/mullt_axis_query_v2_pro.py ``MaxQConv2dBNV2Pro.get_mask`` /
 ``get_preserve_rate`` / ``do_grad_decay_v1``, models/conv_type/masker.py ``SoftParameterMasker``): see
 docs/methods/maxq.md.
@@ -69,16 +70,16 @@ def axis_scores(magnitude: torch.Tensor, pattern: NMPattern, tau: float) -> torc
 @register_method("maxq")
 class MaxQ(NMMethod):
     """MaxQ: forward W ⊙ m ⊙ (1 + f + p), straight-through gradient, SR-STE decay λ·(1 − m)⊙W at the step, and
-    the share of N:M groups ramped from 0 to 1 between ``ramp_start`` and ``ramp_end`` (optimizer steps)."""
+    the share of N:M groups ramped from 0 to 1 between ``ramp_start_step`` and ``ramp_end_step`` (optimizer steps)."""
 
     defaults = {
-        "decay": 2e-4,        # λ of the SR-STE term (the authors' --decay)
-        "tau": 1e-2,          # temperature of the soft scores' sigmoid (the authors' tau)
-        "ramp_start": 0,      # optimizer step where groups start turning N:M (authors: --decay-start epochs)
-        "ramp_end": 0,        # optimizer step from which all groups are N:M (authors: --decay-end = 30 of 120 epochs)
-        "ramp_every": 1,      # the ramp advances every this many steps (authors: once per epoch)
-        "schedule": "linear", # share of dense groups over the ramp: linear, cubic or cos (authors: --prune-schedule)
-        "kernel_axis": True,  # add the kernel-position score p for convolutions with kh·kw > 1
+        "decay": 2e-4,            # λ of the SR-STE term (the authors' --decay)
+        "tau": 1e-2,              # temperature of the soft scores' sigmoid (the authors' tau)
+        "ramp_start_step": 0,     # optimizer step where groups start turning N:M (authors: --decay-start, epochs)
+        "ramp_end_step": 0,       # step from which all groups are N:M (authors: --decay-end, 30 of 120 epochs)
+        "ramp_every_steps": 1,    # the ramp advances every this many steps (authors: once per epoch)
+        "schedule": "linear",     # dense share over the ramp: linear, cubic or cos (authors: --prune-schedule)
+        "kernel_axis": True,      # add the kernel-position score p for convolutions with kh·kw > 1
     }
     uses_step = True
 
@@ -88,15 +89,16 @@ class MaxQ(NMMethod):
             raise ValueError(f"maxq: decay must be a number >= 0, got {s['decay']!r}")
         if not (isinstance(s["tau"], (int, float)) and s["tau"] > 0):
             raise ValueError(f"maxq: tau must be a number > 0, got {s['tau']!r}")
-        for key in ("ramp_start", "ramp_end", "ramp_every"):
+        for key in ("ramp_start_step", "ramp_end_step", "ramp_every_steps"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise ValueError(f"maxq: {key} must be an integer number of optimizer steps, got {s[key]!r}")
-        if s["ramp_start"] < 0:
-            raise ValueError(f"maxq: ramp_start must be >= 0, got {s['ramp_start']}")
-        if s["ramp_end"] < s["ramp_start"]:
-            raise ValueError(f"maxq: ramp_end ({s['ramp_end']}) must be >= ramp_start ({s['ramp_start']})")
-        if s["ramp_every"] < 1:
-            raise ValueError(f"maxq: ramp_every must be >= 1, got {s['ramp_every']}")
+        if s["ramp_start_step"] < 0:
+            raise ValueError(f"maxq: ramp_start_step must be >= 0, got {s['ramp_start_step']}")
+        if s["ramp_end_step"] < s["ramp_start_step"]:
+            raise ValueError(f"maxq: ramp_end_step ({s['ramp_end_step']}) must be >= ramp_start_step "
+                             f"({s['ramp_start_step']})")
+        if s["ramp_every_steps"] < 1:
+            raise ValueError(f"maxq: ramp_every_steps must be >= 1, got {s['ramp_every_steps']}")
         if s["schedule"] not in SCHEDULES:
             raise ValueError(f"maxq: unknown schedule {s['schedule']!r}: expected one of {', '.join(SCHEDULES)}")
         if not isinstance(s["kernel_axis"], bool):
@@ -104,10 +106,10 @@ class MaxQ(NMMethod):
 
     # --- the schedule -----------------------------------------------------------------------------------------
     def dense_share(self, step: int) -> float:
-        """ρ(step): the share of groups kept dense at ``step`` (1 before ramp_start, 0 from ramp_end on)."""
+        """ρ(step): the share of groups kept dense at ``step`` (1 before ramp_start_step, 0 from ramp_end_step on)."""
         s = self.settings
-        start, end = s["ramp_start"], s["ramp_end"]
-        t = step // s["ramp_every"] * s["ramp_every"]
+        start, end = s["ramp_start_step"], s["ramp_end_step"]
+        t = step // s["ramp_every_steps"] * s["ramp_every_steps"]
         if t < start:
             return 1.0
         if t >= end:
