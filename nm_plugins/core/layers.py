@@ -111,11 +111,12 @@ class _Bookkeeping(torch.autograd.Function):
 class _InputGradWeight(torch.autograd.Function):
     """``op(input, weight, bias)`` whose input gradient is computed with ``grad_weight`` instead of ``weight`` (a
     method's :meth:`~nm_plugins.core.methods.NMMethod.input_grad_weight`); the weight and bias gradients are
-    autograd's. Plain PyTorch: the backward re-runs ``op`` for each (correct first)."""
+    autograd's. Plain PyTorch: the backward re-runs ``op`` for each (correct first), under the forward's autocast."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, grad_weight, op):
-        ctx.op, ctx.has_bias = op, bias is not None
+        device = input.device.type
+        ctx.op, ctx.amp = op, (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(input, weight, bias, grad_weight)
         return op(input, weight, bias)
 
@@ -123,7 +124,8 @@ class _InputGradWeight(torch.autograd.Function):
     def backward(ctx, grad_out):
         input, weight, bias, grad_weight = ctx.saved_tensors
         g_in = g_w = g_b = None
-        with torch.enable_grad():
+        device, amp, dtype = ctx.amp
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=amp):  # as the forward ran
             if ctx.needs_input_grad[0]:
                 x = input.detach().requires_grad_(True)
                 (g_in,) = torch.autograd.grad(ctx.op(x, grad_weight.detach(), None), x, grad_out)

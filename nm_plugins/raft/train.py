@@ -106,7 +106,7 @@ def params_flops(model, size, iters: int) -> tuple[int, int]:
 
 def masks_valid(model) -> float:
     """Fraction of N:M layers whose current mask is a valid N:M mask (1.0 when all are)."""
-    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.method != "dense"]
+    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.nm_method.applies_mask]
     if not layers:
         return 1.0
     return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)

@@ -16,6 +16,11 @@ Two paths, chosen by the method:
   differentiable in ``weight``; autograd through it (or the method's own ``torch.autograd.Function``) is the
   gradient rule. Plain PyTorch, correct first; its cost is measured by ``make reproduce-methods``.
 
+The layer setting ``decay_mode`` (``"step"``/``"call"``) stays on the layer (``layer.decay_mode``); it decides the
+``calls`` passed to :meth:`NMMethod.step_term`. The legacy ``decay`` keyword of the layers, ``sparsify`` and the
+adapters fills a method's ``decay`` setting where it has one (``method_args`` wins); ``layer.decay`` reads it (0 for
+methods without one).
+
 A method object holds settings only (``self.settings``); each layer holds its own copy (a deepcopy of an object
 passed in), and per-layer state (mask, step count) lives in the layer.
 
