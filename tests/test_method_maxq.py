@@ -158,6 +158,15 @@ def test_scores_follow_the_filter_and_kernel_equations(shape, pattern, kernel_ax
         assert ((got == 1).reshape(shape[0], -1).sum(dim=1) == q).all()
 
 
+@pytest.mark.parametrize("shape,pattern", [((6, 8, 3, 3), "2:4"), ((5, 16), "1:4"), ((4, 8, 1, 3), "3:8")])
+def test_scores_with_many_ties_follow_the_equations(shape, pattern):
+    """Weights on a coarse grid (many equal magnitudes, zeros too): the q smallest are taken in index order."""
+    pattern = NMPattern.parse(pattern)
+    w = torch.randint(-3, 4, shape).to(torch.float64) / 30
+    torch.testing.assert_close(make_method("maxq").scores(w, pattern), _reference_scores(w, pattern, 1e-2),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_scores_of_ties_count_the_lower_index_as_smaller():
     w = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.1, 0.9, 0.1, 0.9]])
     scores = make_method("maxq").scores(w, P24)

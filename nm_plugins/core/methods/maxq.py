@@ -61,10 +61,18 @@ def axis_scores(magnitude: torch.Tensor, pattern: NMPattern, tau: float) -> torc
     if q < 1:
         raise ValueError(f"MaxQ's axis score needs at least {math.ceil(pattern.m / (pattern.m - pattern.n))} weights "
                          f"along an axis for pattern {pattern}, got an axis of {length}")
-    ordered, order = torch.sort(magnitude, dim=1, stable=True)
-    threshold = (ordered[:, q - 1:q] + ordered[:, q:q + 1]) / 2
-    keep = torch.ones_like(magnitude).scatter_(1, order[:, :q], 0.0)
-    return keep * torch.sigmoid((magnitude - threshold) / tau)
+    # the q+1 smallest of each row (no full sort): their largest is s[q], their second largest s[q-1]
+    smallest = torch.topk(magnitude, q + 1, dim=1, largest=False, sorted=False).values
+    top2 = torch.topk(smallest, 2, dim=1).values
+    below, at = top2[:, 1:], top2[:, :1]  # s[q-1], s[q]
+    threshold = (below + at) / 2
+    # the q smallest: the entries <= s[q-1], unless s[q-1] is tied past the q-th: then the tied ones by index
+    kept = magnitude > below
+    if bool((kept.sum(dim=1) != length - q).any()):
+        tied = magnitude == below
+        extra = tied.cumsum(dim=1) > q - (magnitude < below).sum(dim=1, keepdim=True)
+        kept |= tied & extra
+    return torch.sigmoid((magnitude - threshold) / tau).mul_(kept)
 
 
 @register_method("maxq")
