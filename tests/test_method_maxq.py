@@ -228,7 +228,7 @@ def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
 
 
 @pytest.mark.parametrize("settings,named", [
-    ({"decay": -1.0}, "decay"), ({"tau": 0.0}, "tau"), ({"ramp_start_step": -1}, "ramp_start_step"),
+    ({"decay": -1.0}, "decay"), ({"decay": "2e-4"}, "decay"), ({"tau": 0.0}, "tau"), ({"tau": float("nan")}, "tau"), ({"ramp_start_step": -1}, "ramp_start_step"),
     ({"ramp_start_step": 10, "ramp_end_step": 5}, "ramp_end_step"), ({"ramp_end_step": 2.5}, "ramp_end_step"),
     ({"ramp_every_steps": 0}, "ramp_every_steps"),
     ({"schedule": "exp"}, "schedule"), ({"kernel_axis": "yes"}, "kernel_axis"), ({"refresh": 3}, "refresh"),

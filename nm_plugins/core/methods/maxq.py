@@ -93,10 +93,14 @@ class MaxQ(NMMethod):
 
     def validate(self) -> None:
         s = self.settings
-        if not (isinstance(s["decay"], (int, float)) and s["decay"] >= 0):
-            raise ValueError(f"maxq: decay must be a number >= 0, got {s['decay']!r}")
-        if not (isinstance(s["tau"], (int, float)) and s["tau"] > 0):
-            raise ValueError(f"maxq: tau must be a number > 0, got {s['tau']!r}")
+        for key in ("decay", "tau"):
+            if isinstance(s[key], bool) or not isinstance(s[key], (int, float)):
+                raise ValueError(f"maxq: {key} must be a number, got {s[key]!r}")
+            s[key] = float(s[key])
+        if not s["decay"] >= 0:
+            raise ValueError(f"maxq: decay must be >= 0, got {s['decay']}")
+        if not s["tau"] > 0:
+            raise ValueError(f"maxq: tau must be > 0, got {s['tau']}")
         for key in ("ramp_start_step", "ramp_end_step", "ramp_every_steps"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise ValueError(f"maxq: {key} must be an integer number of optimizer steps, got {s[key]!r}")
@@ -157,7 +161,7 @@ class MaxQ(NMMethod):
         with torch.no_grad():
             mag = weight.detach().abs()
             out = 1 + axis_scores(mag.flatten(1), pattern, tau).reshape(mag.shape)
-            positions = mag[0, 0].numel() if mag.dim() > 2 else 1
+            positions = math.prod(mag.shape[2:])
             if self.settings["kernel_axis"] and positions > 1:
                 by_position = mag.reshape(-1, positions).t()
                 out += axis_scores(by_position, pattern, tau).t().reshape(mag.shape)
