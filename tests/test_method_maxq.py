@@ -2,6 +2,7 @@
 ramp, the multi-axis soft scores, the forward weight, the straight-through gradient, the SR-STE step term and the
 settings' validation."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,7 +229,7 @@ def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
 
 
 @pytest.mark.parametrize("settings,named", [
-    ({"decay": -1.0}, "decay"), ({"decay": "2e-4"}, "decay"), ({"tau": 0.0}, "tau"), ({"tau": float("nan")}, "tau"), ({"ramp_start_step": -1}, "ramp_start_step"),
+    ({"decay": -1.0}, "decay"), ({"decay": "two"}, "decay"), ({"decay": True}, "decay"), ({"tau": 0.0}, "tau"), ({"tau": float("nan")}, "tau"), ({"ramp_start_step": -1}, "ramp_start_step"),
     ({"ramp_start_step": 10, "ramp_end_step": 5}, "ramp_end_step"), ({"ramp_end_step": 2.5}, "ramp_end_step"),
     ({"ramp_every_steps": 0}, "ramp_every_steps"),
     ({"schedule": "exp"}, "schedule"), ({"kernel_axis": "yes"}, "kernel_axis"), ({"refresh": 3}, "refresh"),
@@ -236,6 +237,18 @@ def test_step_term_adds_the_srste_decay_of_the_pruned_weights():
 def test_bad_settings_raise_naming_the_setting(settings, named):
     with pytest.raises(ValueError, match=named):
         make_method("maxq", **settings)
+
+
+def test_numbers_written_as_yaml_1_1_strings_are_read():
+    """``tau: 1e-2`` in a config reaches the method as the string '1e-2' (YAML 1.1): read as the number."""
+    from nm_plugins.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs/imagenet_proxy/fashion_mnist.yaml", [
+        "sparsity.method=maxq", "sparsity.method_args.tau=1e-2", "sparsity.method_args.ramp_end_step=128",
+        "sparsity.method_args.ramp_every_steps=4", "sparsity.method_args.kernel_axis=false"])
+    method = make_method("maxq", **config["sparsity"]["method_args"])
+    assert method.settings["tau"] == 0.01 and method.settings["ramp_end_step"] == 128
+    assert method.settings["kernel_axis"] is False
 
 
 def test_forward_weight_takes_the_pattern_of_its_mask_and_refuses_to_guess():

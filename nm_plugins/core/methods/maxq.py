@@ -93,10 +93,13 @@ class MaxQ(NMMethod):
 
     def validate(self) -> None:
         s = self.settings
-        for key in ("decay", "tau"):
-            if isinstance(s[key], bool) or not isinstance(s[key], (int, float)):
-                raise ValueError(f"maxq: {key} must be a number, got {s[key]!r}")
-            s[key] = float(s[key])
+        for key in ("decay", "tau"):  # numbers; "1e-2" too (a YAML 1.1 reader leaves it a string), as SR-STE's decay
+            try:
+                if isinstance(s[key], bool):
+                    raise TypeError
+                s[key] = float(s[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"maxq: {key} must be a number, got {s[key]!r}") from None
         if not s["decay"] >= 0:
             raise ValueError(f"maxq: decay must be >= 0, got {s['decay']}")
         if not s["tau"] > 0:
