@@ -263,6 +263,8 @@ def test_forward_weight_takes_the_pattern_of_its_mask_and_refuses_to_guess():
     method.compute_mask(w, P24, "channels", 0)  # one object used for two patterns: no guess
     with pytest.raises(ValueError, match="patterns seen: 1:4, 2:4"):
         method.forward_weight(w, mask, 0)
+    method.pattern = NMPattern.parse("1:4")  # a layer that tells its method its pattern
+    assert torch.equal(method.forward_weight(w, mask, 0), method.forward_weight(w, mask, 0, pattern="1:4"))
 
 
 def test_forward_weight_refuses_what_it_cannot_score():

@@ -175,8 +175,11 @@ class MaxQ(NMMethod):
         """W ⊙ m ⊙ (1 + f + p), with the gradient passed straight through to W.
 
         ``pattern``: the layer's N:M pattern (the scores prune the share (M−N)/M of each axis). The contract's
-        forward_weight does not pass it, so by default it is the pattern this object's :meth:`compute_mask` was
-        called with (each layer holds its own method object); ValueError when there is none, or several."""
+        forward_weight does not pass it, so by default it is the object's ``pattern`` attribute where a layer sets
+        one, else the pattern this object's :meth:`compute_mask` was called with (each layer holds its own method
+        object); ValueError when there is none, or several."""
+        if pattern is None:
+            pattern = self.__dict__.get("pattern")
         if pattern is None:
             seen = self.__dict__.get("_patterns", set())
             if len(seen) != 1:
