@@ -202,9 +202,6 @@ def test_bimask_mlp_learns_through_sparsify_with_valid_masks():
     assert float((model(x).argmax(1) == y).float().mean()) > 0.9
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError),
-                   reason="the layers do not save NMMethod.method_state yet (a change in core/layers.py, owned by "
-                          "h-core: see docs/methods/sste.md 'Saved state'); remove this mark when they do")
 def test_permutation_survives_a_state_dict_round_trip_through_the_layers():
     from nm_plugins.core import SparseLinear
     torch.manual_seed(8)

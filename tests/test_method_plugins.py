@@ -352,3 +352,18 @@ def test_translation_config_and_model_take_any_registered_method():
         load_config(None, tiny + ["sparsity.method=asp"])
     with pytest.raises(ValueError, match="sparsity.method_args: .*unknown setting"):
         load_config(None, tiny + ["sparsity.method=srste", "sparsity.method_args.decai=0.1"])
+
+
+def test_switching_to_a_method_with_its_own_mask_recomputes_it_before_the_next_forward():
+    """set_method to a refreshing method with its own mask rule: the next forward uses that method's mask, not the
+    one the old method computed for the same (unchanged) weight; the layer tells the method its pattern."""
+    from nm_plugins.core import SparseLinear
+    from nm_plugins.core.methods.transposable import is_transposable_mask
+    torch.manual_seed(3)
+    layer = SparseLinear(16, 16, pattern="2:4", method="srste")
+    layer(torch.randn(2, 16))
+    assert not is_transposable_mask(layer.nm_mask, layer.pattern)  # a row-wise top-2 mask of a random weight
+    layer.set_method("transposable")
+    assert layer.nm_method.pattern == layer.pattern and layer.nm_method.grouping == layer.grouping
+    layer(torch.randn(2, 16))
+    assert is_transposable_mask(layer.nm_mask, layer.pattern) and layer.mask_is_valid()

@@ -219,9 +219,6 @@ def test_sste_mlp_learns_through_sparsify_with_valid_masks():
     assert accuracy > 0.9, accuracy
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError),
-                   reason="the layers do not save NMMethod.method_state yet (a change in core/layers.py, owned by "
-                          "h-core: see docs/methods/sste.md 'Saved state'); remove this mark when they do")
 def test_beta_survives_a_state_dict_round_trip_through_the_layers():
     """β is the initial weight's: a resumed model must not recompute it from its trained weights."""
     from nm_plugins.core import sparsify

@@ -19,6 +19,7 @@ from .pattern import NMPattern
 
 METHODS = method_names()  # compatibility: the registered names at import (method_names() is the live list)
 DECAY_MODES = ("step", "call")
+METHOD_STATE = "nm_method."  # state_dict prefix of a method's per-layer state (NMMethod.method_state)
 
 
 def build_method(method, method_args=None, decay=None, decay_mode=None) -> NMMethod:
@@ -222,7 +223,10 @@ class SparseMixin:
     def _set_nm_method(self, nm: NMMethod) -> None:
         """Hold ``nm`` and cache what the hot paths ask of it; add or drop the ``nm_step`` buffer."""
         cls = type(nm)
+        nm.pattern, nm.grouping = self.pattern, self.grouping  # the layer's, for methods that need them
         self.nm_method = nm
+        if nm.refreshes:
+            self._state.key = None  # the new method computes its own mask at the next forward (a frozen one keeps it)
         self._nm_applies = bool(nm.applies_mask)
         self._nm_builtin = cls.uses_builtin_forward()
         self._nm_custom_mask = cls.compute_mask is not NMMethod.compute_mask
@@ -465,11 +469,19 @@ class SparseMixin:
         if self.nm_method.refreshes and not self._nm_due and self.weight.device.type != "meta":
             self.refresh_mask()  # the mask of the weight being saved, however it was written
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, value in self.nm_method.method_state().items():  # what the method learned (S-STE's β, ...)
+            destination[f"{prefix}{METHOD_STATE}{name}"] = value if keep_vars else value.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "nm_mask"
         had_mask = key in state_dict
+        state_prefix = prefix + METHOD_STATE
+        method_state = {k[len(state_prefix):]: v for k, v in state_dict.items() if k.startswith(state_prefix)}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for name in method_state:
+            if state_prefix + name in unexpected_keys:
+                unexpected_keys.remove(state_prefix + name)
+        self.nm_method.load_method_state(method_state)
         if not had_mask:
             # A dense checkpoint: the mask is derived from the loaded weight (for ``fixed`` too).
             if key in missing_keys:

@@ -51,7 +51,9 @@ from ..pattern import NMPattern
 
 
 class NMMethod:
-    """One N:M training method; subclass, set ``defaults``, override what differs, and register it."""
+    """One N:M training method; subclass, set ``defaults``, override what differs, and register it. The layer
+    that holds a method object sets its ``pattern`` (NMPattern) and ``grouping`` attributes, and saves what
+    :meth:`method_state` returns with its state_dict (keys ``<layer>.nm_method.<name>``)."""
 
     name: ClassVar[str] = ""              # the registered name (set by register_method)
     defaults: ClassVar[dict] = {}         # the method's settings (method_args) and their defaults
