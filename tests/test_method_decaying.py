@@ -157,3 +157,16 @@ def test_a_small_mlp_learns_and_ends_hard_nm():
         assert layer.mask_is_valid()
         with torch.no_grad():  # β = 0: the layer computes with exactly the N:M weight
             assert torch.equal(layer.masked_weight(), layer.weight * nm_mask(layer.weight, P24))
+
+
+def test_beta_below_float32_roundoff_is_zero_so_the_forward_weight_is_exactly_nm():
+    """An exp schedule that decays past float32's range must end with exact zeros outside the mask (not denormals)."""
+    from nm_plugins.core.methods import make_method
+    from nm_plugins.core.methods.decaying import BETA_FLOOR
+    method = make_method("decaying", decay_coef=0.2346)
+    assert method.beta(70) > BETA_FLOOR and method.beta(71) == 0.0  # exp(-0.2346 * 71) = 5.8e-8 < 2^-24
+    w = torch.randn(8, 16)
+    mask = torch.rand(8, 16) > 0.5
+    out = method.forward_weight(w, mask, 400)
+    assert torch.equal(out, w * mask)
+    assert int((out[~mask] != 0).sum()) == 0

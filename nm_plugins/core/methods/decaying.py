@@ -11,7 +11,9 @@ steps t (the authors' ``current_step_num``: updates so far, less the dense phase
     t' = t − dense_steps;   β = 1 while t' < 0 (dense);
     "exp":    β(t) = exp(−decay_coef · t')            (the authors' ViT config: EXP, decay_coef 1e-4)
     "linear": β(t) = max(0, 1 − decay_coef · t')
-    β = 0 from step ``hard_from`` on (their fine-tune phase: the mask turns binary, ``decay_type = "step"``).
+    β = 0 from step ``hard_from`` on (their fine-tune phase: the mask turns binary, ``decay_type = "step"``),
+    and β = 0 once it falls below 2^-24 (float32's unit roundoff; ours, not the authors': a smaller β only makes
+    denormal, non-zero pruned weights, slow on CPUs and not N:M).
 
 From timm/sparse_pruning/sparse_functions.py of abhibambhaniya/progressive_gradient_flow_nm_sparsity
 (``get_sparse_mask``, ``LinearDecay``, ``ExponentialDecay``, ``SparseLinear.get_sparse_weights``); their
@@ -27,6 +29,7 @@ import torch
 from . import NMMethod, register_method
 
 SCHEDULES = ("exp", "linear")
+BETA_FLOOR = 2.0 ** -24  # float32's unit roundoff: a smaller β is 0
 
 
 class _DecayedWeight(torch.autograd.Function):
@@ -80,9 +83,10 @@ class Decaying(NMMethod):
         t = step - s["dense_steps"]
         if t < 0:
             return 1.0
-        if s["schedule"] == "exp":
-            return math.exp(-s["decay_coef"] * t)
-        return max(0.0, 1.0 - s["decay_coef"] * t)
+        beta = math.exp(-s["decay_coef"] * t) if s["schedule"] == "exp" else max(0.0, 1.0 - s["decay_coef"] * t)
+        # Below float32's unit roundoff β·w is below the precision of any weight of w's size; taken as 0 (the mask
+        # is hard from there on, and no denormal products: exp(-0.2346 t) reaches 1e-38 near step 375)
+        return 0.0 if beta < BETA_FLOOR else beta
 
     def forward_weight(self, weight: torch.Tensor, mask: torch.Tensor, step: int) -> torch.Tensor:
         """W ⊙ (mask + β(step)·(1 − mask)), with the straight-through gradient (∂L/∂W = ∂L/∂Ŵ)."""
