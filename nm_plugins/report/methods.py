@@ -34,7 +34,7 @@ def methods(sec: dict, res: dict, href: str, spec: dict, ctx: dict) -> None:
         patterns = sorted({p for v in published.values() for p in ((v or {}).get("top1") or {})},
                           key=lambda p: (int(p.split(":")[1]), int(p.split(":")[0])))
         lines = [[C.text_cell(m)] + [C.text_cell(_pub((v or {}).get("top1") or {}, p)) for p in patterns]
-                 + [C.text_cell((v or {}).get("source", "")), C.text_cell((v or {}).get("note", ""))]
+                 + [C.text_cell((v or {}).get("source", "")), C.text_cell((v or {}).get("note") or "-")]
                  for m, v in published.items()]
         sec["reference"].append(C.table(["method"] + patterns + ["source", "note"], lines,
                                         "published ImageNet ResNet-50 top-1 (%) per pattern (issue 25's list, from the "
