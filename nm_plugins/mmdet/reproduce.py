@@ -234,7 +234,7 @@ def _train_row(name: str, seed: int, config: Path, options: dict, work_dir: Path
     if "coco/segm_mAP" in val:
         metrics["mask_mAP"] = 100 * val["coco/segm_mAP"]
         metrics["mask_mAP50"] = 100 * val["coco/segm_mAP_50"]
-    metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.method != "dense")
+    metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.nm_method.applies_mask)
     return {"name": name, "seed": seed, "config": str(config), "work_dir": str(work_dir), "metrics": metrics,
             "masks_sha": masks_digest(model)}
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
 from nm_plugins.runtime.cli import trainer_parser
-from nm_plugins.runtime.config import apply_override, load_yaml, merge_config
+from nm_plugins.runtime.config import apply_override, check_method, load_yaml, merge_config
 from nm_plugins.runtime.results import write_json
 from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
                                       sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
@@ -46,7 +46,7 @@ from .model import create
 DEFAULTS = {
     "name": "raft", "stage": "chairs", "out_dir": "runs/raft/{name}/{tag}", "device": "auto", "threads": None,
     "model": {"size": "large", "pattern": "2:4", "method": "srste", "decay": 2.0e-4, "decay_mode": "step",
-              "weights": None},
+              "weights": None, "method_args": {}},
     "data": {"crop": [368, 496], "batch_size": 4, "workers": 4, "proxy": {}},
     "optim": {"lr": 4.0e-4, "weight_decay": 1.0e-4, "eps": 1.0e-8, "steps": 200000, "pct_start": 0.05, "clip": 1.0,
               "schedule_extra_steps": 100},
@@ -57,7 +57,7 @@ DEFAULTS = {
 }
 
 
-OPEN_KEYS = ("data.proxy", "eval.iters")  # free-form mappings: any key, merged key by key
+OPEN_KEYS = ("data.proxy", "eval.iters", "model.method_args")  # free-form mappings: any key, merged key by key
 
 
 def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
@@ -72,6 +72,8 @@ def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
         cfg = merge_config(cfg, extra, open_keys=OPEN_KEYS)
     for item in overrides:
         cfg = apply_override(cfg, item, OPEN_KEYS)
+    m = cfg["model"]
+    check_method(m, where="model")  # a registered method with its own settings
     return cfg
 
 
@@ -104,7 +106,7 @@ def params_flops(model, size, iters: int) -> tuple[int, int]:
 
 def masks_valid(model) -> float:
     """Fraction of N:M layers whose current mask is a valid N:M mask (1.0 when all are)."""
-    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.method != "dense"]
+    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.nm_method.applies_mask]
     if not layers:
         return 1.0
     return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
@@ -221,7 +223,8 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     tcfg, ocfg, dcfg, mcfg = cfg["train"], cfg["optim"], cfg["data"], cfg["model"]
     run_dir = out_dir(cfg)
     seed_everything(tcfg["seed"] + dist_info.rank)
-    model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"]).to(device)
+    model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"],
+                   method_args=mcfg["method_args"] or None).to(device)
     set_decay_mode(model, mcfg["decay_mode"])
     if tcfg["corr_fp32"]:
         correlation_in_fp32(model)
@@ -318,7 +321,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     params, flops = params_flops(raw, tuple(dcfg["crop"]), tcfg["iters"])
     sad_last = tracker.history[-1]["model"] if tracker.history else tracker.record()["model"]
     results = {"name": cfg["name"], "tag": run_tag(cfg), "size": mcfg["size"], "pattern": str(mcfg["pattern"]),
-               "method": mcfg["method"], "steps": step, "train_time_s": train_time, "val": val,
+               "method": mcfg["method"], "method_args": dict(mcfg["method_args"] or {}), "steps": step, "train_time_s": train_time, "val": val,
                "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
                "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
                "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers),

@@ -68,6 +68,7 @@ def build_model(cfg: dict, num_classes: int, in_chans: int) -> nn.Module:
     return create_model(_model_name(cfg), pattern=sp["pattern"], method=sp["method"], decay=sp["decay"],
                         exclude=tuple(sp["exclude"]), keep_classifier_dense=sp["keep_classifier_dense"],
                         stem=sp["stem"], checkpoint_path=cfg["model"]["checkpoint"], num_classes=num_classes,
+                        method_args=sp.get("method_args") or None,
                         in_chans=in_chans, **cfg["model"]["kwargs"])
 
 
@@ -242,7 +243,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     params, flops = count_params_flops(model, input_size)
     last_val = next((h["val"] for h in reversed(history) if h["val"] is not None), None)
     summary = {"status": "done", "name": cfg["name"], "model": _model_name(cfg), "method": sp["method"],
-               "pattern": None if sp["method"] == "dense" else sp["pattern"], "stem": sp["stem"], "seed": seed,
+               "method_args": dict(sp.get("method_args") or {}), "pattern": None if sp["method"] == "dense" else sp["pattern"], "stem": sp["stem"], "seed": seed,
                "top1": last_val["top1"], "top5": last_val["top5"], "params": params, "flops": flops,
                "sad_final": history[-1]["sad_init"], "sad_curve": [h["sad_init"] for h in history],
                "sad_prev_curve": [h["sad_prev"] for h in history], "epochs": epochs, "world_size": info.world_size,

@@ -302,7 +302,7 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
     last_valid = next((h["valid"] for h in reversed(history) if h["valid"]), None)
     n_ex = cfg["decode"]["examples"]
     summary = {"status": "done", "name": cfg["name"], "method": sp["method"],
-               "pattern": None if sp["method"] == "dense" else sp["pattern"], "seed": int(tr["seed"]),
+               "method_args": dict(sp.get("method_args") or {}), "pattern": None if sp["method"] == "dense" else sp["pattern"], "seed": int(tr["seed"]),
                **{k: scores[k] for k in ("bleu", "chrf", "bleu_tok", "bleu_bp", "sys_len", "ref_len")},
                "signatures": scores["signatures"], "test_sentences": scores["sentences"],
                "valid_loss": last_valid["loss"] if last_valid else None, "test_nll": test_nll["loss"],

@@ -16,6 +16,18 @@ Two paths, chosen by the method:
   differentiable in ``weight``; autograd through it (or the method's own ``torch.autograd.Function``) is the
   gradient rule. Plain PyTorch, correct first; its cost is measured by ``make reproduce-methods``.
 
+The layer setting ``decay_mode`` (``"step"``/``"call"``) stays on the layer (``layer.decay_mode``); it decides the
+``calls`` passed to :meth:`NMMethod.step_term`. The legacy ``decay`` keyword of the layers, ``sparsify`` and the
+adapters fills a method's ``decay`` setting where it has one (``method_args`` wins); ``layer.decay`` reads it (0 for
+methods without one).
+
+A method object holds settings only (``self.settings``); each layer holds its own copy (a deepcopy of an object
+passed in), and per-layer state (mask, step count) lives in the layer.
+
+Under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` / FX, only methods on the built-in path with the
+default ``compute_mask`` and ``mask_due`` are recorded (the ``nm_sparsity::masked_weight`` operator); a layer whose
+method defines its own forward weight or mask raises a clear error naming the method there (eager only for now).
+
 ``step`` everywhere is the number of optimizer steps that updated the layer's weight so far (0 before the first),
 counted by the layer and saved in its state_dict as ``nm_step`` for methods with ``uses_step = True`` (resume
 keeps a schedule where it was).
@@ -73,10 +85,17 @@ class NMMethod:
         return None
 
     def step_term(self, weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, step: int,
-                  grad_scale: "torch.Tensor | None" = None) -> bool:
+                  grad_scale: "torch.Tensor | None" = None, calls: int = 1) -> bool:
         """Add the method's optimizer-step term to ``grad`` in place (``grad_scale``: the loss scale ``grad``
-        still carries); True if something was added. Default: nothing (SR-STE adds λ_W·(1−mask)⊙W)."""
+        still carries; ``calls``: how many times the term is owed: 1, or with the layer's ``decay_mode="call"``
+        the number of backward passes through the layer since the last step); True if something was added.
+        Called at ``optimizer.step`` for layers whose backward ran, when :meth:`wants_step_term`. Default:
+        nothing (SR-STE adds λ_W·(1−mask)⊙W)."""
         return False
+
+    def wants_step_term(self) -> bool:
+        """Whether :meth:`step_term` adds anything with these settings (default: when the class overrides it)."""
+        return type(self).step_term is not NMMethod.step_term
 
     # --- description ----------------------------------------------------------------------------------------
     @classmethod
