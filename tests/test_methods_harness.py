@@ -60,9 +60,10 @@ def test_published_numbers_are_issue_25s():
 # ------------------------------------------------------------------------------------------------- grid
 def test_methods_come_from_the_registry_minus_the_exclusions():
     settings = read_yaml(G.SETTINGS)
-    registered = ("dense", "srste", "ste", "fixed", "asp") + NEW
+    registered = ("bimask", "srste", "ste", "fixed", "dense", "asp", "decaying", "maxq", "sste", "transposable")
     for proxy in G.PROXIES:
-        assert G.harness_methods(registered, settings, proxy) == ["srste", "ste", *NEW]
+        assert G.harness_methods(registered, settings, proxy) == ["srste", "ste", "bimask", "decaying", "maxq", "sste",
+                                                                  "transposable"]
     with pytest.raises(ValueError, match=r"no settings for the registered method\(s\) \['newmethod'\]"):
         G.harness_methods(registered + ("newmethod",), settings, "imagenet_proxy")
 
@@ -72,6 +73,9 @@ def test_a_schedule_setting_must_be_given_for_the_proxy():
     with pytest.raises(ValueError, match=r"schedule setting\(s\) \['ramp_steps'\].*512 steps"):
         G.method_settings("m", settings, "imagenet_proxy", {"alpha": 1.0, "ramp_steps": 600000})
     assert G.method_settings("k", settings, "imagenet_proxy", {"ramp_steps": 600000}) == {"ramp_steps": 400}
+    for key in ("refresh_every", "hard_from", "warmup_epochs"):  # schedules whose names do not say 'step'
+        with pytest.raises(ValueError, match=key):
+            G.method_settings("m", settings, "imagenet_proxy", {"alpha": 1.0, key: 10})
     with pytest.raises(ValueError, match=r"sets \['alpha'\], which m does not have"):
         G.method_settings("m", settings, "imagenet_proxy", {"beta": 1.0})
     overrides = G.run_overrides("imagenet_proxy", "k", "1:16", 3, {"ramp_steps": 400, "mode": "soft"}, Path("/r"), [])

@@ -49,10 +49,10 @@ WHERE_KEYS = (("name",), ("train", "out_dir"), ("train", "progress"))
 
 
 def harness_methods(registered: "tuple | list", settings: dict, proxy: str) -> list:
-    """The methods to run on ``proxy``: ``registered`` in order, minus :data:`EXCLUDED`; ValueError naming a
+    """The methods to run on ``proxy``: SR-STE and STE, then ``registered`` in order, minus :data:`EXCLUDED`; ValueError naming a
     method without settings in ``settings`` (configs/methods/harness.yaml) for that proxy."""
     given = ((settings.get(proxy) or {}).get("methods") or {})
-    methods = [m for m in registered if m not in EXCLUDED]
+    methods = [m for m in REUSABLE if m in registered] + [m for m in registered if m not in EXCLUDED and m not in REUSABLE]
     missing = [m for m in methods if m not in given]
     if missing:
         raise ValueError(f"{SETTINGS}: {proxy}.methods has no settings for the registered method(s) {missing}; "
@@ -69,12 +69,18 @@ def method_settings(method: str, settings: dict, proxy: str, defaults: "dict | N
         if unknown:
             raise ValueError(f"{SETTINGS}: {proxy}.methods.{method} sets {unknown}, which {method} does not have "
                              f"(its settings: {sorted(defaults) or 'none'})")
-        schedule = sorted(k for k in defaults if ("step" in k or "epoch" in k) and k not in args)
+        schedule = sorted(k for k in defaults if is_schedule_setting(k) and k not in args)
         if schedule:
             raise ValueError(f"{SETTINGS}: {proxy}.methods.{method} must set its schedule setting(s) {schedule} for "
                              f"this proxy's {(settings.get(proxy) or {}).get('steps')} steps (the defaults are "
                              f"sized for another schedule)")
     return args
+
+
+def is_schedule_setting(key: str) -> bool:
+    """Whether a method setting's name says it counts steps or epochs (``ramp_end_step``, ``refresh_every``,
+    ``hard_from``): a schedule, which the harness requires per proxy."""
+    return any(w in key for w in ("step", "epoch", "every")) or key.endswith("_from")
 
 
 def registry_defaults(method: str) -> dict:
