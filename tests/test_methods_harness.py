@@ -170,6 +170,24 @@ def test_checkpoint_masks_reads_the_layers_masks(tmp_path):
     assert mask_properties(masks, "2:4")["valid_2_4"] is True
 
 
+def test_a_forward_weight_outside_its_mask_fails_valid_nm(tmp_path):
+    """The masks alone can be valid while the forward weight is not N:M (here: dense, which tracks masks but
+    never applies them); run_mask_properties checks the method's forward weight from the checkpoint."""
+    from nm_plugins import sparsify
+    from nm_plugins.methods_harness.masks import forward_outside_mask, run_mask_properties
+    for method, outside in (("srste", []), ("dense", ["0", "2"])):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+        sparsify(model, "2:4", method, keep_classifier_dense=False)
+        model(torch.randn(4, 16)).sum().backward()
+        torch.save({"model": model.state_dict()}, tmp_path / f"{method}.pt")
+        state = torch.load(tmp_path / f"{method}.pt", weights_only=False)["model"]
+        assert forward_outside_mask(state, method, {}) == outside, method
+        props = run_mask_properties(tmp_path, "2:4", f"{method}.pt", method)
+        assert props["forward_checked"] and props["valid_nm"] is (not outside) and props["valid_2_4"] is (not outside)
+        assert mask_properties(checkpoint_masks(tmp_path / f"{method}.pt"), "2:4")["valid_nm"]  # the masks alone pass
+
+
 # ------------------------------------------------------------------------------------------- leaderboard
 def _synthetic(n=6):
     torch.manual_seed(1)

@@ -1,7 +1,11 @@
 """What a trained model's N:M masks are good for: valid N:M, valid 2:4 for sparse tensor cores, transposable.
 
 Read from the ``*.nm_mask`` buffers of a checkpoint's ``model`` state (every N:M layer saves the mask of its
-weight), so the properties are those of the model as trained, whatever the method.
+weight), so the properties are those of the model as trained, whatever the method. A method with its own forward
+(decaying masks, MaxQ's ramp, S-STE's soft threshold) could keep a valid mask while its forward weight still has
+weights outside it: :func:`forward_outside_mask` recomputes each layer's forward weight from the checkpoint (the
+method's ``forward_weight`` at the layer's saved step) and counts the layers where it does; ``valid_nm`` requires
+none.
 """
 from __future__ import annotations
 
@@ -29,11 +33,33 @@ def transposed(mask: torch.Tensor) -> torch.Tensor:
     return mask.transpose(0, 1)
 
 
-def mask_properties(masks: dict, pattern: "str | NMPattern") -> dict:
+def forward_outside_mask(state: dict, method: str, method_args: dict) -> list:
+    """The layers of a model state whose forward weight under ``method`` (its ``forward_weight`` at the layer's
+    saved ``nm_step``; the built-in path: weight x mask) is non-zero somewhere its ``nm_mask`` is not."""
+    from nm_plugins.core.methods import make_method
+    nm = make_method(method, **method_args)
+    out = []
+    for key, mask in state.items():
+        if not key.endswith(".nm_mask"):
+            continue
+        name = key[: -len(".nm_mask")]
+        weight, step = state[f"{name}.weight"].float(), int(state.get(f"{name}.nm_step", torch.tensor(0)))
+        with torch.no_grad():
+            try:
+                fw = nm.forward_weight(weight, mask.to(torch.bool), step)
+            except NotImplementedError:  # the built-in path: weight x mask (dense: the weight itself)
+                fw = weight * mask if nm.applies_mask else weight
+        if bool(((fw != 0) & ~mask.to(torch.bool)).any()):
+            out.append(name)
+    return out
+
+
+def mask_properties(masks: dict, pattern: "str | NMPattern", outside: "list | None" = None) -> dict:
     """Properties of a model's masks ``{layer: bool tensor}`` at ``pattern``: layers, valid_nm (every layer keeps
     exactly N of every M input channels), valid_2_4 (pattern 2:4: every mask a valid 2:4 mask; other patterns:
     None, not asked), fits_2_4 (at most 2 of every 4: storable in the 2:4 format), transposable (every mask's
-    transpose is valid N:M too), and the layers failing each."""
+    transpose is valid N:M too), and the layers failing each; ``outside``: the layers whose forward weight has
+    weights outside their mask (:func:`forward_outside_mask`), which fail valid_nm (and valid_2_4) too."""
     pattern = NMPattern.parse(pattern)
     if not masks:
         raise ValueError("mask_properties: no N:M masks (no *.nm_mask buffer in the model state)")
@@ -46,23 +72,34 @@ def mask_properties(masks: dict, pattern: "str | NMPattern") -> dict:
             bad["fits_2_4"].append(name)
         if not is_valid_nm_mask(transposed(mask), pattern):
             bad["transposable"].append(name)
+    bad["forward_outside_mask"] = list(outside or [])
+    bad["valid_nm"] += [n for n in bad["forward_outside_mask"] if n not in bad["valid_nm"]]
     is24 = (pattern.n, pattern.m) == (2, 4)
     return {"pattern": str(pattern), "layers": len(masks), "valid_nm": not bad["valid_nm"],
             "valid_2_4": (not bad["valid_nm"]) if is24 else None, "fits_2_4": not bad["fits_2_4"],
             "transposable": not bad["transposable"], "failing": {k: v for k, v in bad.items() if v}}
 
 
+def checkpoint_state(path: "str | Path") -> dict:
+    """The ``model`` state of a trainer checkpoint (or a plain state dict)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state.get("model", state) if isinstance(state, dict) else {}
+
+
 def checkpoint_masks(path: "str | Path") -> dict:
     """``{layer: mask}`` of the ``*.nm_mask`` buffers of a trainer checkpoint's ``model`` state (or of a plain
     state dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = state.get("model", state) if isinstance(state, dict) else {}
-    return {k[: -len(".nm_mask")]: v for k, v in model.items() if k.endswith(".nm_mask")}
+    return {k[: -len(".nm_mask")]: v for k, v in checkpoint_state(path).items() if k.endswith(".nm_mask")}
 
 
-def run_mask_properties(out_dir: "str | Path", pattern: str, checkpoint: str = "checkpoint.pt") -> "dict | None":
-    """:func:`mask_properties` of the last checkpoint in a run folder; None when the run left no checkpoint."""
+def run_mask_properties(out_dir: "str | Path", pattern: str, checkpoint: str = "checkpoint.pt",
+                        method: "str | None" = None, method_args: "dict | None" = None) -> "dict | None":
+    """:func:`mask_properties` of the last checkpoint in a run folder (with ``method``: its forward weights checked
+    against the masks too); None when the run left no checkpoint."""
     path = Path(out_dir) / checkpoint
     if not path.is_file():
         return None
-    return {**mask_properties(checkpoint_masks(path), pattern), "checkpoint": str(path)}
+    state = checkpoint_state(path)
+    masks = {k[: -len(".nm_mask")]: v for k, v in state.items() if k.endswith(".nm_mask")}
+    outside = forward_outside_mask(state, method, method_args or {}) if method else None
+    return {**mask_properties(masks, pattern, outside), "forward_checked": method is not None, "checkpoint": str(path)}

@@ -67,7 +67,9 @@ def train_one(proxy: str, overrides: list, pattern: str) -> dict:
     reused = summary["seconds"] > time.time() - t0 + 1.0  # finished before: the stored summary
     summary = {k: v for k, v in summary.items() if k not in ("config", "examples")}
     summary.update(cpu_seconds=None if reused else time.process_time() - cpu0, reused_run=reused,
-                   load_average_end=os.getloadavg()[0], masks=run_mask_properties(out, pattern, LAST_NAME))
+                   load_average_end=os.getloadavg()[0],
+                   masks=run_mask_properties(out, pattern, LAST_NAME, cfg["sparsity"]["method"],
+                                             cfg["sparsity"].get("method_args") or {}))
     return summary
 
 
@@ -134,7 +136,7 @@ def mask_summary(proxy: str, cells: list, summaries: dict, committed: dict) -> d
         elif c["action"] == "reuse":
             ref = G.committed_run(committed, c["name"]) or {}
             if ref.get("out_dir") and Path(ref["out_dir"]).is_dir():
-                props = run_mask_properties(ref["out_dir"], c["pattern"])
+                props = run_mask_properties(ref["out_dir"], c["pattern"], method=c["method"])
         else:
             continue
         row = out.setdefault(c["row"], {"runs": 0, "recorded": 0, "valid_nm": 0, "valid_2_4": 0 if c["pattern"] == "2:4" else None,
