@@ -23,7 +23,7 @@ bench:  ## CPU benchmarks (pytest-benchmark): mask speed, SR-STE/dense step rati
 reproduce-imagenet:  ## ImageNet table (IMAGENET_ROOT) or the Fashion-MNIST proxy; SMOKE=1 for a short run
 	$(PY) -m nm_plugins.train.reproduce
 
-reproduce-imagenet-study:  ## issue 20's proxy study: SR-STE vs STE at 1:8/1:16, 10 seeds, 2 processes (JOBS=); STAGE=2: 1:16 on 4x epochs
+reproduce-imagenet-study:  ## issue 20's proxy study: SR-STE vs STE at 1:8/1:16, 10 seeds (1:8: 24), 2 processes (JOBS=); STAGE=2: 1:16 on 4x epochs
 	PROXY_STUDY=$(if $(filter 2,$(STAGE)),high-sparsity-long,high-sparsity) PROXY_JOBS=$(or $(JOBS),2) $(PY) -m nm_plugins.train.reproduce
 
 reproduce-coco-det:  ## Faster R-CNN rows on COCO (COCO_ROOT) or the proxy; SMOKE=1 for a short run
