@@ -59,7 +59,8 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
     take any size, else at the configured input size, ``img_size``/``in_chans`` honoured) that finds the stem, and the layers whose weight the model
     reads outside their own forward (kept dense; timm's BEiT/EVA/Swin-V2 ``qkv`` is made to run its own
     forward); ``False`` skips it. ``checkpoint_path``: a local file (see :func:`load_local_checkpoint`) loaded
-    after sparsification. The model gets ``nm_config`` (pattern, method, decay) and ``nm_report``.
+    after sparsification. The model gets ``nm_config`` (pattern, method, decay, stem; ``method_args``: the method's
+    settings, when ``method_args`` was given) and ``nm_report``.
     """
     if method not in method_names():
         raise ValueError(f"unknown N:M method {method!r}: expected one of {', '.join(method_names())}")
@@ -90,7 +91,9 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
     if stem == "authors":
         _make_authors_stem(model, name, report, stem_layers, pattern, layer_method, decay, method_args)
     model.nm_config = {"pattern": str(pattern), "method": method, "decay": decay if method == "srste" else 0.0,
-                       "stem": stem, "method_args": dict(report.method_args)}
+                       "stem": stem}
+    if method_args:  # the method's full settings, when any were given
+        model.nm_config["method_args"] = dict(report.method_args)
     model.nm_report = report
     model.register_load_state_dict_pre_hook(_check_on_load)
     if checkpoint_path is not None:

@@ -28,9 +28,16 @@ Under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` / FX, only meth
 default ``compute_mask`` and ``mask_due`` are recorded (the ``nm_sparsity::masked_weight`` operator); a layer whose
 method defines its own forward weight or mask raises a clear error naming the method there (eager only for now).
 
+On both paths the layer recomputes the mask when its weight changed (version counter), the method ``refreshes`` and
+``mask_due(step)``; a method's own ``compute_mask`` replaces the C / Triton kernel. A non-None
+``input_grad_weight`` wraps the layer's conv / linear in an autograd Function whose input gradient uses that weight
+(the weight and bias gradients stay autograd's; plain PyTorch, its backward re-runs the op).
+
 ``step`` everywhere is the number of optimizer steps that updated the layer's weight so far (0 before the first),
 counted by the layer and saved in its state_dict as ``nm_step`` for methods with ``uses_step = True`` (resume
-keeps a schedule where it was).
+keeps a schedule where it was): the optimizer step pre-hook of :mod:`nm_plugins.core.decay` counts a step for every
+layer whose backward ran since the last one and whose weight that optimizer holds (loops without a
+``torch.optim`` optimizer call :func:`nm_plugins.core.apply_srste_decay` before their update).
 """
 from __future__ import annotations
 
