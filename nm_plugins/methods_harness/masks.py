@@ -33,18 +33,21 @@ def transposed(mask: torch.Tensor) -> torch.Tensor:
     return mask.transpose(0, 1)
 
 
-def forward_outside_mask(state: dict, method: str, method_args: dict) -> list:
+def forward_outside_mask(state: dict, method: str, method_args: dict, pattern: "str | None" = None) -> list:
     """The layers of a model state whose forward weight under ``method`` (its ``forward_weight`` at the layer's
-    saved ``nm_step``; the built-in path: weight x mask) is non-zero somewhere its ``nm_mask`` is not."""
+    saved ``nm_step``; the built-in path: weight x mask) is non-zero somewhere its ``nm_mask`` is not. A method
+    whose ``forward_weight`` needs the layer's pattern first (MaxQ) gets it through one ``compute_mask`` call."""
     from nm_plugins.core.methods import make_method
-    nm = make_method(method, **method_args)
     out = []
     for key, mask in state.items():
         if not key.endswith(".nm_mask"):
             continue
         name = key[: -len(".nm_mask")]
         weight, step = state[f"{name}.weight"].float(), int(state.get(f"{name}.nm_step", torch.tensor(0)))
+        nm = make_method(method, **method_args)  # a fresh object per layer, as each layer holds its own copy
         with torch.no_grad():
+            if pattern is not None and not nm.uses_builtin_forward():
+                nm.compute_mask(weight, NMPattern.parse(pattern), "channels", step)
             try:
                 fw = nm.forward_weight(weight, mask.to(torch.bool), step)
             except NotImplementedError:  # the built-in path: weight x mask (dense: the weight itself)
@@ -101,5 +104,13 @@ def run_mask_properties(out_dir: "str | Path", pattern: str, checkpoint: str = "
         return None
     state = checkpoint_state(path)
     masks = {k[: -len(".nm_mask")]: v for k, v in state.items() if k.endswith(".nm_mask")}
-    outside = forward_outside_mask(state, method, method_args or {}) if method else None
-    return {**mask_properties(masks, pattern, outside), "forward_checked": method is not None, "checkpoint": str(path)}
+    outside, error = None, None
+    if method:
+        try:
+            outside = forward_outside_mask(state, method, method_args or {}, pattern)
+        except (ValueError, TypeError, RuntimeError) as e:  # not checkable: valid_nm unknown, said so, not guessed
+            error = f"{type(e).__name__}: {e}"
+    props = mask_properties(masks, pattern, outside)
+    if error:
+        props.update(valid_nm=None, valid_2_4=None, forward_error=error)
+    return {**props, "forward_checked": method is not None and error is None, "checkpoint": str(path)}
