@@ -93,7 +93,7 @@ def test_benchmarks_import_only_the_trainers_entry_points():
 
 def test_every_reproduction_builds_its_command_line_with_runtime_cli():
     entries = sorted(p for p in PACKAGE.glob("*/reproduce.py") if p.parent.name != "runtime")  # runtime: shared code
-    assert {p.parent.name for p in entries} == {"train", "mmdet", "raft", "translation"}
+    assert {p.parent.name for p in entries} == {"train", "mmdet", "raft", "translation", "methods_harness"}
     for path in entries:
         imports = _imports(path)
         assert ("nm_plugins.runtime.cli", ["reproduce_parser"]) in imports, path

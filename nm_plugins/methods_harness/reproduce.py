@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from nm_plugins.methods_harness import grid as G
-from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_root, require_project
 
 REPO = project_root()
 # (per-seed metric, label) shown by the leaderboard, the first two also as paired differences vs SR-STE
