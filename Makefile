@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install test bench reproduce-imagenet reproduce-imagenet-study reproduce-coco-det reproduce-coco-seg coco-proxy-data \
-        reproduce-raft reproduce-translation throughput gpu-smoke loader-bench mmdet-export eval-imagenet report
+        reproduce-raft reproduce-translation reproduce-methods bench-methods throughput gpu-smoke loader-bench mmdet-export eval-imagenet report
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,10 +41,17 @@ reproduce-raft:  ## sparse RAFT on FlyingChairs & co (dataset roots) or the synt
 reproduce-translation:  ## Transformer N:M translation on WMT14 En-De (WMT_ROOT) or the Debian-catalog En->De proxy; SMOKE=1 short
 	$(PY) -m nm_plugins.translation.reproduce
 
+reproduce-methods:  ## issue 25: every registered N:M method vs SR-STE on the ImageNet proxy study (1:8, 1:16) and the translation proxy (2:4), leaderboard; JOBS= processes (2); SMOKE=1 short
+	PROXY_JOBS=$(or $(JOBS),2) $(PY) -m nm_plugins.methods_harness.reproduce
+
+bench-methods:  ## CPU step time of one training step per registered method vs dense on both proxies' models (interleaved): results/bench/methods.json
+	@mkdir -p results/bench
+	$(PY) -m benchmarks.methods_step results/bench/methods.json
+
 throughput:  ## GPU training-step and 2:4 inference throughput (CPU part only without CUDA)
 	$(PY) -m benchmarks.throughput
 
-gpu-smoke:  ## each trainer's real-data path on all visible GPUs (torchrun, bf16), dense vs SR-STE 2:4; skipped without CUDA
+gpu-smoke:  ## each trainer through its entry point on all visible GPUs (torchrun, bf16), dense vs SR-STE 2:4; skipped without CUDA
 	$(PY) -m benchmarks.gpu_smoke
 
 loader-bench:  ## ImageNet loader images/s, PIL workers vs data.decode=gpu; results/loader/<gpu|cpu>.{json,md}

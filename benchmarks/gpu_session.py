@@ -6,7 +6,7 @@
 
   1. equality   the Triton masks, masked weights and SR-STE updates equal the CPU path's on every N:M layer shape
                 of the four trainers' models, fp32/bf16, contiguous/channels_last (benchmarks/gpu_equality.py);
-  2. smoke      gpu-smoke: each trainer's real-data path, dense vs SR-STE 2:4 step ratio (fewer rounds);
+  2. smoke      gpu-smoke: each trainer's entry point on real-layout data, dense vs SR-STE 2:4 step ratio (2 rounds);
   3. throughput the headline figures: ResNet-50 training step SR-STE/dense, then 2:4 inference as time allows.
 A part that runs out of budget is stopped (its process group killed) and the next one starts; what the part
 wrote before stays. Installs nothing; needs torch, triton, timm (mmdet/mmcv for the smoke's mmdet row).
@@ -34,7 +34,7 @@ def plan(out: str) -> list:
                      "'cuda': torch.version.cuda, 'triton': triton.__version__, 'timm': timm.__version__, "
                      "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))"]),
         ("equality", 150, [py, "-m", "benchmarks.gpu_equality", "--out", f"{out}/equality", "--budget-s", "120"]),
-        ("smoke", 180, [py, "-m", "benchmarks.gpu_smoke", "--out", f"{out}/gpu-smoke", "--rounds", "4",
+        ("smoke", 180, [py, "-m", "benchmarks.gpu_smoke", "--out", f"{out}/gpu-smoke", "--rounds", "2",
                         "--loader-images", "1024"]),
         ("throughput", 135, [py, "-m", "benchmarks.throughput", "--out", f"{out}/throughput", "--sections",
                              "train,infer", "--models", "resnet50", "--budget-s", "115", "--no-check"]),

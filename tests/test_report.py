@@ -330,3 +330,57 @@ def test_bad_results_json_is_named(tmp_path):
     html = build_report(results, problems=problems).read_text()  # the page is written around the bad file
     assert len(problems) == 1 and "raft-proxy/results.json is not valid JSON" in problems[0]
     assert 'id="raft-proxy" data-status="unreadable"' in html and "raft-proxy/results.json is not valid JSON" in html
+
+
+# ------------------------------------------------------------------------------------------ methods (issue 25)
+METHODS_COLUMNS = ("top-1 (%) (95% CI)", "top-1 (%): minus srste, paired (95% CI)", "verdicts (claims on this row)",
+                   "SAD (final)", "CPU step time / dense", "valid N:M", "valid 2:4 (sparse tensor cores)", "transposable",
+                   "published ResNet-50 top-1 (ImageNet)")
+
+
+def write_methods_results(results: Path) -> None:
+    """A results.json of make reproduce-methods on the ImageNet proxy with synthetic per-seed values: Bi-Mask 1 point
+    above SR-STE at 1:16 on every seed (its noninferiority claim holds)."""
+    from nm_plugins.runtime.results import provenance
+    base = {str(s): 85.0 + 0.3 * ((s * 7) % 5) for s in range(5)}
+    per_seed = {f"{m}_{p}": {"top1": {s: v + d + 0.01 * int(s) for s, v in base.items()}, "sad": {s: 0.05 for s in base}}
+                for m, d in (("srste", 0.0), ("bimask", 1.0)) for p in ("1:8", "1:16")}
+    masks = {row: {"runs": 5, "recorded": 5, "valid_nm": 5, "valid_2_4": None, "fits_2_4": 5, "transposable": 0}
+             for row in per_seed}
+    res = {"name": "methods-imagenet-proxy", "proxy": "imagenet_proxy", "smoke": False, "description": "synthetic",
+           "per_seed": per_seed, "masks": masks, "metrics": {}, "reused_seeds": {},
+           "bench": {"rows": {r: {"ratio_vs_dense": 1.5} for r in per_seed}, "what": "interleaved"},
+           "leaderboard_metrics": [["top1", "top-1 (%)"], ["top5", "top-5 (%)"]], "provenance": provenance()}
+    (results / "methods-imagenet-proxy").mkdir(parents=True, exist_ok=True)
+    (results / "methods-imagenet-proxy" / "results.json").write_text(json.dumps(res))
+
+
+def test_methods_section_renders_not_run_and_its_leaderboard(tmp_path):
+    """Without results the methods sections say 'not run' with their command; with a results file the leaderboard
+    shows the paired difference vs SR-STE, the claim's verdict, masks, step time and the published number."""
+    results = copy_results(tmp_path)
+    for d in ("methods-imagenet-proxy", "methods-translation-proxy"):
+        shutil.rmtree(results / d, ignore_errors=True)
+    page = parse(build_report(results, tmp_path / "a.html").read_text())
+    assert page.sections["methods-imagenet-proxy"]["status"] == "not run"
+    assert "make reproduce-methods" in section_text(page, "methods-translation-proxy")
+    write_methods_results(results)
+    page = parse(build_report(results, tmp_path / "b.html").read_text())
+    text = section_text(page, "methods-imagenet-proxy")
+    assert page.sections["methods-imagenet-proxy"]["status"] == "ok"
+    assert re.search(r"bimask 1:16 5 86\.62 \[86\.02, 87\.22\] - \+1\.00 \[\+1\.00, \+1\.00\] - "
+                     r"top1: holds 0\.0500 \[0\.0500, 0\.0500\] 1\.50x yes n/a \(fits the 2:4 format: yes\) no 71\.4", text), text
+    assert "Bi-Mask not worse than SR-STE at 1:16" in text and "MaxQ beats SR-STE at 1:16" in text  # the claims table
+
+
+@pytest.mark.skipif(browser.find_chromium() is None, reason="headless Chromium is not installed")
+def test_chromium_shows_the_methods_leaderboard_columns(tmp_path):
+    results = copy_results(tmp_path)
+    write_methods_results(results)
+    dom = browser.dump_dom(build_report(results, tmp_path / "index.html"))
+    heads = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<thead>(.*?)</thead>", dom, re.S)]
+    board = [h for h in heads if "CPU step time / dense" in h]
+    assert len(board) == 1, heads
+    for col in METHODS_COLUMNS:
+        assert col in board[0], col
+    assert any("published ImageNet" not in h and "1:16" in h and "source" in h for h in heads)  # the published table

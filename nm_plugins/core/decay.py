@@ -1,4 +1,5 @@
-"""When the SR-STE decay is added: at ``optimizer.step()``, to the gradient the optimizer is about to use.
+"""When the SR-STE decay (any method's step term, and the step count of methods with a schedule) is added: at
+``optimizer.step()``, to the gradient the optimizer is about to use.
 
 A sparse layer's backward only records that its decay ``λ_W·(1−mask)⊙W`` is owed (and, in ``"call"`` mode,
 how many times the layer was called). A global optimizer step pre-hook adds the owed terms of the optimizer's

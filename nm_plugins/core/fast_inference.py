@@ -162,7 +162,7 @@ def keep_sparse_model(dense_ms: float, sparse_ms: float, min_speedup: float) -> 
 def _candidates(model: nn.Module, convs: bool) -> list:
     names = []
     for name, layer in sparse_layers(model):
-        if layer.method == "dense" or not layer.pattern.tensor_core_compatible:
+        if not layer.nm_method.applies_mask or not layer.pattern.tensor_core_compatible:
             continue
         if isinstance(layer, SparseLinear) or (convs and isinstance(layer, SparseConv2d) and _is_gemm_conv(layer)):
             names.append(name)

@@ -8,7 +8,7 @@ from .layers import SparseMixin
 
 
 def _kept_weights(module: nn.Module) -> int:
-    if isinstance(module, SparseMixin) and module.method != "dense":
+    if isinstance(module, SparseMixin) and module.nm_method.applies_mask:
         return int(module.mask().sum())
     return module.weight.numel()
 
@@ -28,7 +28,7 @@ def count_params_flops(model: nn.Module, input_size=(1, 3, 224, 224), forward=No
     params = 0
     pruned = {}
     for module in model.modules():
-        if isinstance(module, SparseMixin) and module.method != "dense":
+        if isinstance(module, SparseMixin) and module.nm_method.applies_mask:
             pruned[id(module.weight)] = module.weight.numel() - _kept_weights(module)
     seen = set()
     for p in model.parameters():

@@ -89,7 +89,7 @@ _masked_weight.register_autograd(_backward, setup_context=_setup_context)
 
 def masked_weight_op(layer) -> torch.Tensor:
     """The masked weight of an N:M ``layer`` through the ``nm_sparsity::masked_weight`` operator (see module doc)."""
-    fixed = layer.nm_mask if layer.method == "fixed" else None
+    fixed = None if layer.nm_method.refreshes else layer.nm_mask
     return torch.ops.nm_sparsity.masked_weight(layer.weight, fixed, layer.pattern.n, layer.pattern.m,
                                                layer.grouping, layer._nm_op_id)[0]
 
@@ -108,7 +108,7 @@ def export_masked_weight(layer) -> torch.Tensor:
         finally:
             torch._C._set_tracing_state(state)
     w, pattern = layer.weight.detach(), layer.pattern
-    if layer.method == "fixed":
+    if not layer.nm_method.refreshes:
         mask = layer.nm_mask
     elif layer.grouping == "authors_flat":
         mask = from_flat_groups(group_topn(to_flat_groups(w, pattern.m), pattern.n), w.shape)

@@ -18,7 +18,7 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
         raise RuntimeError("to_semi_structured needs a CUDA GPU (2:4 sparse tensor cores); none is available")
     names = []
     for name, layer in sparse_layers(model):
-        if isinstance(layer, SparseLinear) and layer.method != "dense":
+        if isinstance(layer, SparseLinear) and layer.nm_method.applies_mask:
             if not layer.pattern.tensor_core_compatible:
                 raise ValueError(f"layer {name!r} has N:M pattern {layer.pattern}, which is not 2:4 compatible "
                                  "(sparse tensor cores accept 2:4, 1:4, 2:8, 1:2)")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .layers import DECAY_MODES, DEFAULT_DECAY, METHODS, SPARSE_TYPES, SparseMixin, sparse_layers
+from .layers import DECAY_MODES, DEFAULT_DECAY, SPARSE_TYPES, SparseMixin, build_method, sparse_layers
 from .mask import partial_group_size
 from .op import UNCHECKED_FX
 from .pattern import NMPattern
@@ -37,6 +37,7 @@ class SparsityReport:
     pattern: NMPattern
     method: str
     layers: list = field(default_factory=list)
+    method_args: dict = field(default_factory=dict)  # the method's settings
 
     @property
     def sparse_layers(self) -> list:
@@ -319,14 +320,15 @@ def _let_own_forward_run(model: nn.Module, name: str) -> bool:
     return False
 
 
+_LAYER_ONLY = ("_parameters", "_buffers", "_modules", "pattern", "method", "decay", "decay_mode", "_state", "nm_method")
+
+
 def _plain(layer: nn.Module) -> nn.Module:
     """A plain nn.Conv2d / nn.Linear sharing ``layer``'s weight and bias Parameters (its mask dropped)."""
     base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
     plain = base.__new__(base)
     nn.Module.__init__(plain)
-    plain.__dict__.update({k: v for k, v in layer.__dict__.items()
-                           if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay",
-                                        "decay_mode", "_state", "_nm_op_id", "_nm_watch")})
+    plain.__dict__.update({k: v for k, v in layer.__dict__.items() if k not in _LAYER_ONLY and not k.startswith("_nm_")})
     plain._parameters = {"weight": layer.weight, "bias": layer.bias}
     plain._buffers, plain._modules = {}, {}
     return plain
@@ -334,7 +336,7 @@ def _plain(layer: nn.Module) -> nn.Module:
 
 def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: float = DEFAULT_DECAY,
              exclude=(), keep_classifier_dense: bool = True, keep_stem_dense: bool = True,
-             example_inputs=None, decay_mode: str = "step") -> SparsityReport:
+             example_inputs=None, decay_mode: str = "step", method_args: "dict | None" = None) -> SparsityReport:
     """Replace, in place and keeping the weight Parameters, every nn.Conv2d / nn.Linear with its N:M counterpart
     (input channels not divisible by M: the last group is zero-padded, noted in the report); return a
     :class:`SparsityReport`. ``decay_mode``: ``"step"`` (λ_W once per optimizer step) or ``"call"`` (once per
@@ -349,10 +351,13 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
     the model's next forward is watched instead and raises ValueError if it reads an N:M layer's weight outside
     the layer's forward: no forward ever computes with a dense weight counted as N:M. Layers that are already N:M get the new settings, or
     become plain dense layers again when they now stay dense.
+
+    ``method``: any registered method name (:func:`nm_plugins.core.methods.method_names`) with its settings in
+    ``method_args`` (``decay`` fills SR-STE's ``decay`` unless ``method_args`` gives it), or an
+    :class:`~nm_plugins.core.methods.NMMethod` object (each layer holds its own copy).
     """
     pattern = NMPattern.parse(pattern)
-    if method not in METHODS:
-        raise ValueError(f"unknown sparsity method {method!r}: expected one of {', '.join(METHODS)}")
+    nm = build_method(method, method_args, decay)
     if decay_mode not in DECAY_MODES:
         raise ValueError(f"unknown decay_mode {decay_mode!r}: expected one of {', '.join(DECAY_MODES)}")
     if isinstance(exclude, str):
@@ -390,7 +395,7 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
         for n in probe.read_directly:
             if reasons.get(n) is None:
                 reasons[n] = READ_ELSEWHERE if n in probe.ran else READ_DIRECTLY
-    report = SparsityReport(pattern, method)
+    report = SparsityReport(pattern, nm.name, method_args=dict(nm.settings))
     for name, module in layers:
         reason, shape = reasons[name], tuple(module.weight.shape)
         if reason is not None:
@@ -403,11 +408,11 @@ def sparsify(model: nn.Module, pattern="2:4", method: str = "srste", decay: floa
             base = next(b for b in SPARSE_TYPES if isinstance(module, b))
             if isinstance(module, SparseMixin):
                 module.pattern = pattern
-                module.set_method(method, decay)
+                module.set_method(nm)
                 module.decay_mode = decay_mode
                 module.refresh_mask()
             else:
-                _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, method, decay, decay_mode))
+                _set_module(model, name, SPARSE_TYPES[base].from_dense(module, pattern, nm, decay, decay_mode))
             kind = SPARSE_TYPES[base].__name__
             partial = partial_group_size(shape, pattern)
             if partial:
@@ -492,7 +497,7 @@ def _finish_first_forward(model: nn.Module, recorder: "_Recorder") -> None:
 
 def _read_around(model: nn.Module, probe: ProbeResult) -> list:
     """The N:M layers (method not dense) whose weight ``probe`` saw used outside their own forward, sorted."""
-    sparse = {name for name, layer in sparse_layers(model) if layer.method != "dense"}
+    sparse = {name for name, layer in sparse_layers(model) if layer.nm_method.applies_mask}
     return sorted(n for n in probe.read_directly if n in sparse)
 
 
@@ -533,11 +538,15 @@ def export_dense(model: nn.Module, inplace: bool = False) -> nn.Module:
     for name, layer in list(sparse_layers(out)):
         base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
         with torch.no_grad():
-            weight = layer.weight if layer.method == "dense" else layer.weight * layer.mask()
+            if not layer.nm_method.applies_mask:
+                weight = layer.weight
+            elif layer._nm_builtin:
+                weight = layer.weight * layer.mask()
+            else:
+                weight = layer.masked_weight()
         plain = base.__new__(base)
         nn.Module.__init__(plain)
-        plain.__dict__.update({k: v for k, v in layer.__dict__.items()
-                               if k not in ("_parameters", "_buffers", "_modules", "pattern", "method", "decay", "decay_mode", "_state", "_nm_op_id", "_nm_watch")})
+        plain.__dict__.update({k: v for k, v in layer.__dict__.items() if k not in _LAYER_ONLY and not k.startswith("_nm_")})
         plain._parameters = {"weight": nn.Parameter(weight.detach().clone(), layer.weight.requires_grad),
                              "bias": layer.bias}
         plain._buffers, plain._modules = {}, {}

@@ -66,7 +66,7 @@ def count_detector(model: nn.Module, input_hw=(800, 1333), proposals: int | None
     pruned = params - sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     b_total = sum(p.numel() for p in model.backbone.parameters())
     b_pruned = sum(l.weight.numel() - int(l.mask().sum()) for _, l in sparse_layers(model.backbone)
-                   if l.method != "dense")
+                   if l.nm_method.applies_mask)
     return {"params": params, "flops": flops, "backbone_params": b_total - b_pruned, "backbone_flops": b_flops,
             "pruned_params": -pruned, "proposals": n if getattr(model, "roi_head", None) is not None else 0}
 

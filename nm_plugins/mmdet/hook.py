@@ -77,7 +77,7 @@ class NMSparsityHook(Hook):
                 saved = self._resume_masks.get(name)
                 if saved is None:
                     continue
-                if layer.method == "fixed":  # a frozen mask is the saved one, whatever the weights say
+                if not layer.nm_method.refreshes:  # a frozen mask is the saved one, whatever the weights say
                     with torch.no_grad():
                         layer.nm_mask.copy_(saved.to(layer.nm_mask.device))
                     layer._state.key = layer._weight_key()
@@ -120,7 +120,7 @@ class NMSparsityHook(Hook):
             sparse_ids.add(id(layer))
             mask = layer.mask()
             valid &= layer.mask_is_valid(mask)
-            kept += mask.numel() if layer.method == "dense" else int(mask.sum())
+            kept += mask.numel() if not layer.nm_method.applies_mask else int(mask.sum())
             total += mask.numel()
         all_kept, all_total = kept, total
         for m in model.modules():
@@ -179,7 +179,7 @@ def check_checkpoint_layers(model: torch.nn.Module, state: dict, layers: dict | 
     if not layers:
         return
     dense = [name for name, layer in sparse_layers(model)
-             if layer.method == "dense" and layers.get(name, {}).get("method", "dense") != "dense"]
+             if not layer.nm_method.applies_mask and layers.get(name, {}).get("method", "dense") != "dense"]
     if dense:
         shown = ", ".join(dense[:5]) + (f" and {len(dense) - 5} more" if len(dense) > 5 else "")
         raise ValueError(

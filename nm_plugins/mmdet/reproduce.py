@@ -46,7 +46,8 @@ from mmengine.hooks import Hook
 
 from nm_plugins.core import sparse_layers
 from nm_plugins.runtime.grid import run_or_reuse
-from nm_plugins.runtime.project import project_path, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_path, require_project
 from nm_plugins.runtime.results import read_json, save_figure, write_results_json, write_text
 
 BEST_NAME = "model_best.pth"  # what nm_plugins.train.classify writes for the best val top-1 (mmdet must not import it)
@@ -234,7 +235,7 @@ def _train_row(name: str, seed: int, config: Path, options: dict, work_dir: Path
     if "coco/segm_mAP" in val:
         metrics["mask_mAP"] = 100 * val["coco/segm_mAP"]
         metrics["mask_mAP50"] = 100 * val["coco/segm_mAP_50"]
-    metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.method != "dense")
+    metrics["sparse_layers"] = sum(1 for _, l in sparse_layers(model.backbone) if l.nm_method.applies_mask)
     return {"name": name, "seed": seed, "config": str(config), "work_dir": str(work_dir), "metrics": metrics,
             "masks_sha": masks_digest(model)}
 

@@ -14,9 +14,11 @@ RGB_STEMS = ("feature_encoder.convnormrelu.0", "context_encoder.convnormrelu.0")
 
 
 def create(size: str = "large", pattern="2:4", method: str = "srste", decay: float = 2e-4,
-           weights: "str | Path | None" = None, decay_mode: str = "step") -> nn.Module:
+           weights: "str | Path | None" = None, decay_mode: str = "step",
+           method_args: "dict | None" = None) -> nn.Module:
     """A torchvision RAFT (``size`` "large" or "small") whose convolutions are N:M through
-    :func:`nm_plugins.sparsify`; ``method="dense"`` gives the dense baseline through the same path.
+    :func:`nm_plugins.sparsify`; ``method="dense"`` gives the dense baseline through the same path; any registered
+    method by name, its settings in ``method_args``.
 
     The RGB stems of both encoders stay dense (reported as excluded), and so does any conv whose N:M mask would
     keep every weight (the 2-channel flow input of the motion encoder under 2:4); convs whose input channels are
@@ -30,7 +32,8 @@ def create(size: str = "large", pattern="2:4", method: str = "srste", decay: flo
         raise ValueError(f"unknown RAFT size {size!r}: expected one of {', '.join(BUILDERS)}")
     model = BUILDERS[size](weights=None, progress=False)
     report = sparsify(model, pattern=pattern, method=method, decay=decay, keep_classifier_dense=False,
-                      exclude=RGB_STEMS, decay_mode=decay_mode)
+                      exclude=RGB_STEMS, decay_mode=decay_mode,
+                      method_args=method_args)
     model.sparsity_report = report
     if weights is not None:
         load_weights(model, weights)

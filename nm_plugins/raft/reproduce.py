@@ -41,7 +41,8 @@ from .evaluate import zero_flow_metrics
 from .datasets import val_set
 from .train import load_config, out_dir, run
 from .visualize import flow_grid_png
-from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_root, require_project
 
 REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)
 PROXY_RUNS = (("dense", "2:4"), ("srste", "2:4"), ("ste", "2:4"))

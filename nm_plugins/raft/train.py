@@ -30,13 +30,13 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader
 
-from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, is_valid_nm_mask, sparse_layers
+from nm_plugins.core import SADTracker, apply_srste_decay, count_params_flops, sparse_layers
 from nm_plugins.runtime.cli import trainer_parser
-from nm_plugins.runtime.config import apply_override, load_yaml, merge_config
+from nm_plugins.runtime.config import apply_override, check_method, load_yaml, merge_config
 from nm_plugins.runtime.results import write_json
-from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
-                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
-                                      shutdown_distributed)
+from nm_plugins.runtime.training import (RunLogger, StepTimes, init_distributed, load_checkpoint, masks_digest,
+                                      masks_valid, rng_state, sad_log_entry, save_checkpoint, seed_everything,
+                                      set_rng_state, shutdown_distributed)
 
 from .datasets import train_set, val_set
 from .evaluate import EVAL_ITERS, autocast, collate, evaluate
@@ -46,18 +46,18 @@ from .model import create
 DEFAULTS = {
     "name": "raft", "stage": "chairs", "out_dir": "runs/raft/{name}/{tag}", "device": "auto", "threads": None,
     "model": {"size": "large", "pattern": "2:4", "method": "srste", "decay": 2.0e-4, "decay_mode": "step",
-              "weights": None},
+              "weights": None, "method_args": {}},
     "data": {"crop": [368, 496], "batch_size": 4, "workers": 4, "proxy": {}},
     "optim": {"lr": 4.0e-4, "weight_decay": 1.0e-4, "eps": 1.0e-8, "steps": 200000, "pct_start": 0.05, "clip": 1.0,
               "schedule_extra_steps": 100},
     "loss": {"gamma": 0.8, "max_flow": 400.0},
     "train": {"iters": 12, "seed": 0, "amp": True, "amp_cpu": False, "corr_fp32": False, "freeze_bn": False, "log_every": 100,
-              "val_every": 5000, "ckpt_every": 5000, "sad_every": 1000},
+              "val_every": 5000, "ckpt_every": 5000, "sad_every": 1000, "step_times": False},
     "eval": {"sets": ["chairs"], "iters": {}, "max_samples": None, "batch_size": 1, "keep": 0, "amp": None},
 }
 
 
-OPEN_KEYS = ("data.proxy", "eval.iters")  # free-form mappings: any key, merged key by key
+OPEN_KEYS = ("data.proxy", "eval.iters", "model.method_args")  # free-form mappings: any key, merged key by key
 
 
 def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
@@ -72,6 +72,8 @@ def load_config(path=None, overrides=(), extra: dict | None = None) -> dict:
         cfg = merge_config(cfg, extra, open_keys=OPEN_KEYS)
     for item in overrides:
         cfg = apply_override(cfg, item, OPEN_KEYS)
+    m = cfg["model"]
+    check_method(m, where="model")  # a registered method with its own settings
     return cfg
 
 
@@ -100,14 +102,6 @@ class _PairInput(nn.Module):
 def params_flops(model, size, iters: int) -> tuple[int, int]:
     """(params, MAC-FLOPs per image pair at ``size`` (H, W) with ``iters`` updates), pruned weights left out."""
     return count_params_flops(_PairInput(getattr(model, "module", model), iters), (1, 3, *size))
-
-
-def masks_valid(model) -> float:
-    """Fraction of N:M layers whose current mask is a valid N:M mask (1.0 when all are)."""
-    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.method != "dense"]
-    if not layers:
-        return 1.0
-    return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
 
 
 def per_process_batch(global_batch: int, world: int) -> int:
@@ -221,7 +215,8 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     tcfg, ocfg, dcfg, mcfg = cfg["train"], cfg["optim"], cfg["data"], cfg["model"]
     run_dir = out_dir(cfg)
     seed_everything(tcfg["seed"] + dist_info.rank)
-    model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"]).to(device)
+    model = create(mcfg["size"], mcfg["pattern"], mcfg["method"], mcfg["decay"], weights=mcfg["weights"],
+                   method_args=mcfg["method_args"] or None).to(device)
     set_decay_mode(model, mcfg["decay_mode"])
     if tcfg["corr_fp32"]:
         correlation_in_fp32(model)
@@ -261,6 +256,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
         print(report)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     amp = autocast(bool(tcfg["amp"]), device, cpu=bool(tcfg["amp_cpu"]))
+    step_times = StepTimes(tcfg["step_times"], device)
 
     def checkpoint(path):
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
@@ -279,6 +275,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
             pending_rng = None
         for img1, img2, flow, valid in batches:
             t0 = time.time()
+            step_times.start()
             img1, img2, flow, valid = (x.to(device, non_blocking=True) for x in (img1, img2, flow, valid))
             with amp:
                 preds = model(img1, img2, num_flow_updates=tcfg["iters"])
@@ -291,6 +288,7 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
             torch.nn.utils.clip_grad_norm_(raw.parameters(), ocfg["clip"])
             optimizer.step()
             scheduler.step()
+            step_times.stop(loss.detach())
             step, offset = step + 1, offset + 1
             train_time += time.time() - t0
             bar.update(1)
@@ -318,11 +316,13 @@ def _run(cfg: dict, resume: bool, keep_samples: int) -> dict:
     params, flops = params_flops(raw, tuple(dcfg["crop"]), tcfg["iters"])
     sad_last = tracker.history[-1]["model"] if tracker.history else tracker.record()["model"]
     results = {"name": cfg["name"], "tag": run_tag(cfg), "size": mcfg["size"], "pattern": str(mcfg["pattern"]),
-               "method": mcfg["method"], "steps": step, "train_time_s": train_time, "val": val,
+               "method": mcfg["method"], "method_args": dict(mcfg["method_args"] or {}), "steps": step, "train_time_s": train_time, "val": val,
                "params": params, "flops": flops, "flops_input": list(dcfg["crop"]), "flops_iters": tcfg["iters"],
                "sad_init_norm": sad_last["sad_init_norm"], "masks_valid": masks_valid(raw),
                "dense_layers": report.dense_layers, "sparse_layer_count": len(report.sparse_layers),
                "precision": precision(cfg, device), "masks_sha": masks_digest(raw)}
+    if step_times.enabled:  # train.step_times: this process's steps (a resumed run: those after the resume)
+        results["step_times"] = step_times.record()
     if main:
         logger.log(step, {"final_val": val})
         checkpoint(ckpt_path)

@@ -9,7 +9,7 @@ from nm_plugins.report import collect as C
 from nm_plugins.report import experiments as E
 
 DEFAULT_REFERENCE = C.REPO / "ci" / "reference" / "paper_tables.yaml"
-GROUP_ORDER = ["ImageNet classification", "COCO detection", "COCO instance segmentation", "RAFT optical flow", "Translation",
+GROUP_ORDER = ["ImageNet classification", "COCO detection", "COCO instance segmentation", "RAFT optical flow", "Translation", "N:M training methods",
                "CPU benchmarks", "GPU throughput", "GPU smoke"]
 
 

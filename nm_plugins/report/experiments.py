@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nm_plugins.report import collect as C
 from nm_plugins.report import plots as P
+from nm_plugins.report.methods import methods
 
 # One entry per results folder of a reproduction. ``replaced_by``: shown only while that (real) folder is absent.
 REPRODUCTIONS = [
@@ -44,6 +45,13 @@ REPRODUCTIONS = [
      "kind": "translation", "title": "Transformer proxy: English->German sentences of Debian's German message catalogs (CPU)",
      "command": "make reproduce-translation",
      "paper": "Transformer"},
+    {"group": "N:M training methods", "id": "methods-imagenet-proxy", "dir": "methods-imagenet-proxy",
+     "thresholds": "methods_imagenet_proxy", "kind": "methods",
+     "title": "Methods leaderboard on the ImageNet proxy study (1:8, 1:16): SR-STE, STE, transposable, decaying, S-STE, Bi-Mask, MaxQ",
+     "command": "make reproduce-methods", "paper": "methods"},
+    {"group": "N:M training methods", "id": "methods-translation-proxy", "dir": "methods-translation-proxy",
+     "thresholds": "methods_translation_proxy", "kind": "methods",
+     "title": "Methods leaderboard on the translation proxy (2:4)", "command": "make reproduce-methods", "paper": "methods"},
 ]
 # PNGs that the report draws afresh because what they show is computed here (the claims' verdicts)
 REDRAWN = {"claims.png"}
@@ -84,7 +92,8 @@ def _filled(sec: dict, spec: dict, ctx: dict, folder, path) -> dict:
     if not thresholds.is_file():
         thresholds = ctx["thresholds_dir"] / f"{spec['thresholds']}.yaml"
     sec["judgement"] = C.judge(res, thresholds, href, C.rel_href(thresholds, ctx["out_dir"])) if thresholds.is_file() else None
-    build = {"classification": classification, "coco": coco, "raft": raft, "translation": translation}[spec["kind"]]
+    build = {"classification": classification, "coco": coco, "raft": raft, "translation": translation,
+             "methods": methods}[spec["kind"]]
     build(sec, res, href, spec, ctx)
     if sec["judgement"]:
         uri = P.claims_svg(sec["judgement"]["claim_rows"], f"{spec['id']}: paper claims, paired differences A - B (95% t-interval)")

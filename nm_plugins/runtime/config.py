@@ -61,7 +61,7 @@ def deep_update(base: dict, new: dict) -> dict:
     return out
 
 
-def merge_config(base: dict, new: dict, where: str = "", open_keys: tuple = ("kwargs",)) -> dict:
+def merge_config(base: dict, new: dict, where: str = "", open_keys: tuple = ("kwargs", "method_args")) -> dict:
     """``base`` updated by ``new`` recursively; a key ``base`` does not have raises ValueError naming it.
     Mappings under a key in ``open_keys`` (a key name, or a dotted path such as ``data.proxy``) are
     free-form: any key, merged key by key."""
@@ -99,6 +99,23 @@ def override_tree(item: str) -> dict:
     return tree
 
 
-def apply_override(config: dict, item: str, open_keys: tuple = ("kwargs",)) -> dict:
+def apply_override(config: dict, item: str, open_keys: tuple = ("kwargs", "method_args")) -> dict:
     """Apply one ``section.key=value`` override (value read as YAML) and return the new config."""
     return merge_config(config, override_tree(item), "", open_keys)
+
+
+def check_method(sp: dict, allowed=None, where: str = "sparsity") -> None:
+    """ValueError naming ``<where>.method`` when it is not a registered N:M method (or not in ``allowed``), or
+    ``<where>.method_args`` when the method has no such setting (``sp``: the config section with method,
+    method_args and decay)."""
+    from nm_plugins.core import build_method, method_names
+
+    names = method_names() if allowed is None else tuple(n for n in method_names() if n in allowed)
+    if sp["method"] not in names:
+        raise ValueError(f"config: {where}.method {sp['method']!r} is not one of {', '.join(names)}")
+    if sp.get("method_args") is not None and not isinstance(sp["method_args"], dict):
+        raise ValueError(f"config: {where}.method_args must be a mapping, got {sp['method_args']!r}")
+    try:
+        build_method(sp["method"], sp.get("method_args") or None, sp["decay"])
+    except ValueError as err:
+        raise ValueError(f"config: {where}.method_args: {err}") from None

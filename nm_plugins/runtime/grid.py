@@ -25,7 +25,7 @@ from nm_plugins.runtime.results import write_json
 PACKAGE = Path(__file__).resolve().parents[1]
 # Files that choose rows and write tables but compute no number of a run: editing them keeps finished runs.
 NOT_RUN_CODE = {"reproduce.py", "report.py"}
-NOT_RUN_PACKAGES = {"report", "verdicts"}
+NOT_RUN_PACKAGES = {"report", "verdicts", "methods_harness"}  # methods_harness: picks rows, reads masks, times steps
 
 
 @functools.lru_cache(maxsize=None)

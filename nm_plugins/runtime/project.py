@@ -7,7 +7,6 @@ so the project folder is one too; their ``--help`` says so.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -37,15 +36,6 @@ def require_project(root: "Path | None" = None) -> Path:
                 f"{root / marker} does not exist: the reproductions read configs/ and ci/thresholds/ from the "
                 f"nm-sparsity project folder; set {ENV}=DIR naming a checkout of the project")
     return root
-
-
-def reproduce_parser(doc: str, prog: str) -> argparse.ArgumentParser:
-    """The command line of a ``reproduce`` entry point: its module doc and the project folder as help (the runs
-    are chosen by environment variables); no options besides ``--help``."""
-    epilog = (f"Project folder: {ENV} (the folder holding configs/ and ci/thresholds/; default: the checkout the "
-              f"package runs from, else the current directory). Now: {project_root()}")
-    return argparse.ArgumentParser(prog=prog, description=doc, epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def project_path(*parts: str) -> Path:

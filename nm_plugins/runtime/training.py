@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nm_plugins.core import sparse_layers
+from nm_plugins.core import is_valid_nm_mask, sparse_layers
 
 
 @dataclass
@@ -161,3 +161,46 @@ def masks_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(layer.mask().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def masks_valid(model: torch.nn.Module) -> float:
+    """Fraction of the N:M layers whose method applies its mask and whose current mask is a valid N:M mask; 1.0
+    when all are or when there is none."""
+    layers = [layer for _, layer in sparse_layers(getattr(model, "module", model)) if layer.nm_method.applies_mask]
+    if not layers:
+        return 1.0
+    return sum(bool(is_valid_nm_mask(layer.mask(), layer.pattern)) for layer in layers) / len(layers)
+
+
+class StepTimes:
+    """The per-step record a trainer keeps when its config asks for it (``train.step_times``): each optimizer
+    step's wall seconds, from having its batch to the end of its update with the device synchronised at both
+    ends, and its loss. Disabled, :meth:`start`/:meth:`stop` do nothing (no synchronisation) and :meth:`record`
+    is None."""
+
+    def __init__(self, enabled: bool, device):
+        self.enabled, self.device = bool(enabled), torch.device(device)
+        self.seconds: list = []
+        self.loss: list = []
+        self._t0 = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        """A step begins: its batch is at hand."""
+        if self.enabled:
+            self._sync()
+            self._t0 = time.perf_counter()
+
+    def stop(self, loss) -> None:
+        """The step's update is done; ``loss`` is its training loss (a number or a one-element tensor)."""
+        if self.enabled:
+            self._sync()
+            self.seconds.append(time.perf_counter() - self._t0)
+            self.loss.append(float(loss))
+
+    def record(self) -> "dict | None":
+        """``{"seconds": [...], "loss": [...]}`` (this process's steps in order), or None when disabled."""
+        return {"seconds": list(self.seconds), "loss": list(self.loss)} if self.enabled else None

@@ -193,7 +193,7 @@ def _check_against(model: torch.nn.Module, state_dict: Mapping, base: str) -> No
         raise AuthorsCheckpointError(f"authors' checkpoint ({base}) does not fit the model: not in the model "
                                      f"{unknown[:6]}, not in the file {missing[:6]}, shapes differ {shapes[:4]}")
     stem = model.get_submodule("conv1")
-    if isinstance(stem, SparseMixin) and stem.method != "dense" and stem.grouping != "authors_flat":
+    if isinstance(stem, SparseMixin) and stem.nm_method.applies_mask and stem.grouping != "authors_flat":
         raise AuthorsCheckpointError("authors' checkpoint: the model's stem conv1 is an N:M layer in channel groups; "
                                      "their stem mask (groups across kernel positions) is not one of its masks: "
                                      "keep the stem dense (the default; their mask is baked in) or make it N:M in "

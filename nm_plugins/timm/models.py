@@ -14,8 +14,8 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs, get_arch_p
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.resnet import Bottleneck, ResNet
 
-from nm_plugins.core import (NMPattern, SparseMixin, SparsityReport, check_sparse_state_dict, is_valid_nm_mask,
-                             prune_once, sparse_layers, sparsify)
+from nm_plugins.core import (NMPattern, SparseMixin, SparsityReport, build_method, check_sparse_state_dict,
+                             is_valid_nm_mask, method_names, prune_once, sparse_layers, sparsify)
 from nm_plugins.core.layers import SPARSE_TYPES
 from nm_plugins.core.mask import check_groupable
 from nm_plugins.core.sparsify import READ_DIRECTLY, READ_ELSEWHERE, find_stem, probe_layers
@@ -25,7 +25,6 @@ try:  # the authors' released checkpoints (their layout) are converted on load
 except ImportError:  # pragma: no cover - authors.py is optional
     convert_if_authors = None
 
-METHOD_NAMES = ("srste", "ste", "asp", "fixed", "dense")
 PAPER_PATTERNS = ("2:4", "4:8", "1:4", "2:8")
 # timm architecture + extra kwargs behind each registered base name.
 BASES = {
@@ -41,7 +40,8 @@ AUTHORS_STEM_NOTE = "stem N:M in the authors' grouping: M consecutive weights of
 def create_model(name: str, pattern="2:4", method: str = "srste", decay: float = 2e-4, exclude=(),
                  keep_classifier_dense: bool = True, stem: "str | None" = None,
                  checkpoint_path: "str | Path | None" = None, probe_input=None,
-                 keep_stem_dense: "bool | None" = None, **timm_kwargs) -> nn.Module:
+                 keep_stem_dense: "bool | None" = None, method_args: "dict | None" = None,
+                 **timm_kwargs) -> nn.Module:
     """timm.create_model(name, **timm_kwargs) with every groupable Conv2d/Linear made N:M; the classifier(s)
     (timm's ``get_classifier()``, e.g. DeiT's ``head`` and ``head_dist``; none for ``num_classes=0`` or
     ``features_only``) stay dense, and so does the stem (``pretrained_cfg['first_conv']``, the layers fed the
@@ -53,15 +53,18 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
     the stem's weight count must divide by M). ``keep_stem_dense=True/False`` is the older spelling of
     ``stem="dense"/"nm"``.
 
-    ``method`` is srste, ste, dense, fixed, or ``asp`` (dense training until :func:`asp_prune`).
+    ``method`` is any registered N:M method (:func:`nm_plugins.core.method_names`: srste, ste, dense, fixed,
+    ``asp`` = dense training until :func:`asp_prune`, ...), its settings in ``method_args``.
     ``probe_input``: the input of one probe forward (default: a random batch of one at 64x64 for models that
     take any size, else at the configured input size, ``img_size``/``in_chans`` honoured) that finds the stem, and the layers whose weight the model
     reads outside their own forward (kept dense; timm's BEiT/EVA/Swin-V2 ``qkv`` is made to run its own
     forward); ``False`` skips it. ``checkpoint_path``: a local file (see :func:`load_local_checkpoint`) loaded
-    after sparsification. The model gets ``nm_config`` (pattern, method, decay) and ``nm_report``.
+    after sparsification. The model gets ``nm_config`` (pattern, method, decay, stem; ``method_args``: the method's
+    settings, when ``method_args`` was given) and ``nm_report``.
     """
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown N:M method {method!r}: expected one of {', '.join(METHOD_NAMES)}")
+    if method not in method_names():
+        raise ValueError(f"unknown N:M method {method!r}: expected one of {', '.join(method_names())}")
+    build_method(method, method_args, decay)  # its settings checked before the model is built
     stem = _resolve_stem(stem, keep_stem_dense)
     pattern = NMPattern.parse(pattern)
     layer_method = "dense" if method == "asp" else method
@@ -72,7 +75,7 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
             stem_layers = []
             if stem == "authors":  # found before sparsify, by role (also where N:M channel groups keep it all)
                 stem_layers = find_stem(model, None if probe is False else probe_layers(model, probe))
-            report = sparsify(model, pattern, layer_method, decay, exclude=exclude,
+            report = sparsify(model, pattern, layer_method, decay, exclude=exclude, method_args=method_args,
                               keep_classifier_dense=keep_classifier_dense, keep_stem_dense=stem != "nm",
                               example_inputs=probe)
             break
@@ -86,9 +89,11 @@ def create_model(name: str, pattern="2:4", method: str = "srste", decay: float =
                              f"({err}); pass probe_input=<an input the model accepts>, or probe_input=False to skip "
                              f"it (layers whose weight the model reads directly are then not found)") from err
     if stem == "authors":
-        _make_authors_stem(model, name, report, stem_layers, pattern, layer_method, decay)
+        _make_authors_stem(model, name, report, stem_layers, pattern, layer_method, decay, method_args)
     model.nm_config = {"pattern": str(pattern), "method": method, "decay": decay if method == "srste" else 0.0,
                        "stem": stem}
+    if method_args:  # the method's full settings, when any were given
+        model.nm_config["method_args"] = dict(report.method_args)
     model.nm_report = report
     model.register_load_state_dict_pre_hook(_check_on_load)
     if checkpoint_path is not None:
@@ -110,7 +115,7 @@ def _resolve_stem(stem: "str | None", keep_stem_dense: "bool | None") -> str:
 
 
 def _make_authors_stem(model: nn.Module, model_name: str, report: SparsityReport, stem_layers: list,
-                       pattern: NMPattern, method: str, decay: float) -> None:
+                       pattern: NMPattern, method: str, decay: float, method_args: "dict | None" = None) -> None:
     """Make the stem layers (dense after sparsify) N:M with ``grouping="authors_flat"``, in place; excluded,
     classifier and directly-read layers keep their reason. The report says so."""
     entries = {e.name: e for e in report.layers}
@@ -125,7 +130,8 @@ def _make_authors_stem(model: nn.Module, model_name: str, report: SparsityReport
         except ValueError as err:
             raise ValueError(f"create_model({model_name!r}, stem='authors'): the stem layer {name!r}: {err}; use "
                              f"stem='nm' (channel groups, the last one zero-padded) or stem='dense'") from None
-        new = SPARSE_TYPES[type(module)].from_dense(module, pattern, method, decay, grouping="authors_flat")
+        new = SPARSE_TYPES[type(module)].from_dense(module, pattern, method, decay, grouping="authors_flat",
+                                                    method_args=method_args)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         entry.kind, entry.sparse, entry.reason = type(new).__name__, True, AUTHORS_STEM_NOTE

@@ -31,9 +31,9 @@ from nm_plugins.train.config import load_config
 from nm_plugins.train.data import build_loaders
 from nm_plugins.runtime.cli import trainer_parser
 from nm_plugins.runtime.results import write_json
-from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
-                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
-                                      shutdown_distributed)
+from nm_plugins.runtime.training import (RunLogger, StepTimes, init_distributed, load_checkpoint, masks_digest,
+                                      masks_valid, rng_state, sad_log_entry, save_checkpoint, seed_everything,
+                                      set_rng_state, shutdown_distributed)
 
 LAST_NAME = "checkpoint.pt"  # last epoch, full resume state (--resume)
 BEST_NAME = "model_best.pth"  # best val top-1: weights + masks (backbone of the mmdet R50 configs)
@@ -68,6 +68,7 @@ def build_model(cfg: dict, num_classes: int, in_chans: int) -> nn.Module:
     return create_model(_model_name(cfg), pattern=sp["pattern"], method=sp["method"], decay=sp["decay"],
                         exclude=tuple(sp["exclude"]), keep_classifier_dense=sp["keep_classifier_dense"],
                         stem=sp["stem"], checkpoint_path=cfg["model"]["checkpoint"], num_classes=num_classes,
+                        method_args=sp.get("method_args") or None,
                         in_chans=in_chans, **cfg["model"]["kwargs"])
 
 
@@ -118,8 +119,10 @@ def evaluate(model: nn.Module, loader, info, amp: bool, channels_last: bool) -> 
     return {"loss": loss / n, "top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "images": int(count)}
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, info, cfg, epoch: int, bar_desc: str) -> dict:
-    """One pass over the training shard; returns loss, top-1/5 (%), lr, skipped images and throughput."""
+def train_one_epoch(model, loader, optimizer, scheduler, info, cfg, epoch: int, bar_desc: str,
+                    step_times: "StepTimes | None" = None) -> dict:
+    """One pass over the training shard; returns loss, top-1/5 (%), lr, skipped images and throughput (each
+    step's seconds and loss also go to ``step_times`` when given)."""
     model.train()
     t0 = time.time()
     amp, channels_last = cfg["train"]["amp"], cfg["train"]["channels_last"] and info.device.type == "cuda"
@@ -133,6 +136,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, info, cfg, epoch: int, 
         if y.numel() == 0:
             bar.update(1)
             continue
+        if step_times is not None:
+            step_times.start()
         x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -143,6 +148,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, info, cfg, epoch: int, 
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if step_times is not None:
+            step_times.stop(loss.detach())
         with torch.no_grad():
             top5 = out.topk(min(5, out.shape[1]), dim=1).indices
             sums += torch.stack([loss.detach().double() * y.numel(), (top5[:, 0] == y).sum().double(),
@@ -187,6 +194,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, optim, asp_epoch))
     tracker = SADTracker(model)
     history, start_epoch = [], 0
+    step_times = StepTimes(cfg["train"]["step_times"], info.device)
 
     ckpt_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
     if resume:
@@ -216,7 +224,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
             _prune_for_asp(model, optimizer)
         train_loader.set_epoch(epoch)
         stats = {"epoch": epoch + 1, "train": train_one_epoch(net, train_loader, optimizer, scheduler, info, cfg, epoch,
-                                                              f"{cfg['name']} {epoch + 1}/{epochs}")}
+                                                              f"{cfg['name']} {epoch + 1}/{epochs}", step_times)}
         if (epoch + 1) % cfg["train"]["eval_every"] == 0 or epoch + 1 == epochs:
             stats["val"] = evaluate(net, val_loader, info, cfg["train"]["amp"], channels_last)
         sad_record = tracker.record()
@@ -242,11 +250,15 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     params, flops = count_params_flops(model, input_size)
     last_val = next((h["val"] for h in reversed(history) if h["val"] is not None), None)
     summary = {"status": "done", "name": cfg["name"], "model": _model_name(cfg), "method": sp["method"],
-               "pattern": None if sp["method"] == "dense" else sp["pattern"], "stem": sp["stem"], "seed": seed,
+               "method_args": dict(sp.get("method_args") or {}), "pattern": None if sp["method"] == "dense" else sp["pattern"], "stem": sp["stem"], "seed": seed,
                "top1": last_val["top1"], "top5": last_val["top5"], "params": params, "flops": flops,
                "sad_final": history[-1]["sad_init"], "sad_curve": [h["sad_init"] for h in history],
                "sad_prev_curve": [h["sad_prev"] for h in history], "epochs": epochs, "world_size": info.world_size,
-               "seconds": time.time() - t_start, "masks_sha": masks_digest(model), "out_dir": str(out_dir)}
+               "seconds": time.time() - t_start, "masks_sha": masks_digest(model), "masks_valid": masks_valid(model),
+               "sparse_layer_count": len(list(sparse_layers(model))),
+               "out_dir": str(out_dir)}
+    if step_times.enabled:  # train.step_times: this process's steps (resumed runs: the steps after the resume)
+        summary["step_times"] = step_times.record()
     best = _best_entry(history, asp_epoch or 0)
     if best is not None:  # the first epoch reaching the best top-1 (what model_best.pth holds)
         summary.update(best_top1=best["val"]["top1"], best_epoch=best["epoch"],

@@ -5,15 +5,16 @@ import copy
 import os
 from pathlib import Path
 
-from nm_plugins.runtime.config import apply_override, merge_config, read_yaml
+from nm_plugins.runtime.config import apply_override, check_method, merge_config, read_yaml
 
 # Every key a classification config may set, with its default (the paper's ImageNet recipe).
 DEFAULTS = {
     "name": "run",
     "model": {"name": "resnet50", "kwargs": {}, "checkpoint": None},
+    # sparsity.method: any registered N:M method (nm_plugins.core.method_names()), its settings in method_args
     # sparsity.stem: dense | nm (channel groups, the last zero-padded) | authors (their flattened groups)
     "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4, "keep_classifier_dense": True,
-                 "stem": "dense", "exclude": [], "asp_prune_epoch": None},
+                 "stem": "dense", "exclude": [], "asp_prune_epoch": None, "method_args": {}},
     # data.batch_size is the global batch, over all processes (each takes batch_size / WORLD_SIZE)
     "data": {"dataset": "imagenet", "root": None, "batch_size": 256, "workers": 8, "img_size": 224,
              "train_subset": None, "val_subset": None, "skip_bad_images": False, "augment": True,
@@ -22,7 +23,7 @@ DEFAULTS = {
               "warmup_epochs": 5, "label_smoothing": 0.0},
     "train": {"seed": 0, "device": "auto", "amp": True, "channels_last": True, "out_dir": None,
               "eval_every": 1, "stop_after_epoch": None, "threads": None, "progress": True,
-              "checkpoint": True},
+              "checkpoint": True, "step_times": False},  # step_times: per-step seconds and loss in summary.json
 }
 DATASETS = ("imagenet", "fashion_mnist")
 
@@ -47,8 +48,7 @@ def validate(config: dict) -> None:
                          f"training device), got {config['data']['decode']!r}")
     if config["data"]["decode"] == "gpu" and config["data"]["dataset"] != "imagenet":
         raise ValueError("config: data.decode=gpu applies to the imagenet dataset only (Fashion-MNIST is in memory)")
-    if config["sparsity"]["method"] not in ("srste", "ste", "asp", "fixed", "dense"):
-        raise ValueError(f"config: sparsity.method {config['sparsity']['method']!r} is not srste, ste, asp, fixed or dense")
+    check_method(config["sparsity"])
     if config["sparsity"]["stem"] not in ("dense", "nm", "authors"):
         raise ValueError(f"config: sparsity.stem must be dense, nm (N:M channel groups) or authors (N:M in the "
                          f"authors' flattened groups), got {config['sparsity']['stem']!r}")

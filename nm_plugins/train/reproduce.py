@@ -35,7 +35,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_root, require_project
 from nm_plugins.runtime.reproduce import claim_rows, run_check, select_configs, write_claims  # noqa: F401 (used here and by tests)
 
 REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)

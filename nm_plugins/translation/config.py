@@ -4,14 +4,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from nm_plugins.runtime.config import apply_override, merge_config, read_yaml
+from nm_plugins.core import method_names
+from nm_plugins.runtime.config import apply_override, check_method, merge_config, read_yaml
 
 # Every key a translation config may set, with its default (Transformer-base on WMT14 En-De).
 DEFAULTS = {
     "name": "run",
     "model": {"d_model": 512, "ffn": 2048, "heads": 8, "enc_layers": 6, "dec_layers": 6, "dropout": 0.1,
               "attn_dropout": 0.0, "pre_norm": False, "max_positions": 1024},
-    "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4},
+    "sparsity": {"method": "srste", "pattern": "2:4", "decay": 2.0e-4, "method_args": {}},
     "data": {"corpus": "wmt14_en_de", "root": None, "src": "en", "tgt": "de", "vocab_size": 32000,
              "max_tokens": 4096, "max_len": 250, "max_len_ratio": 1.5, "min_words": 2, "max_words": 10,
              "split_fractions": [0.02, 0.02],
@@ -22,7 +23,7 @@ DEFAULTS = {
               "weight_decay": 0.0, "label_smoothing": 0.1, "clip_norm": 0.0, "update_freq": 1},
     "train": {"seed": 0, "device": "auto", "amp": True, "out_dir": None, "log_every": 100, "eval_every": 5000,
               "ckpt_every": 1000, "keep_last": 5, "average_last": 5, "stop_after_step": None, "threads": None,
-              "progress": True},
+              "progress": True, "step_times": False},  # step_times: per-step seconds and loss in summary.json
     "decode": {"beam": 4, "lenpen": 0.6, "max_len_a": 1.0, "max_len_b": 50, "batch_sentences": 128,
                "examples": 5},
 }
@@ -44,8 +45,8 @@ def validate(c: dict) -> None:
     """Raise ValueError naming the first setting that cannot work."""
     if c["data"]["corpus"] not in CORPORA:
         raise ValueError(f"config: data.corpus must be one of {', '.join(CORPORA)}, got {c['data']['corpus']!r}")
-    if c["sparsity"]["method"] not in ("srste", "ste", "dense"):
-        raise ValueError(f"config: sparsity.method {c['sparsity']['method']!r} is not srste, ste or dense")
+    # any registered method but asp (its prune step lives in the classification trainer only)
+    check_method(c["sparsity"], allowed=[n for n in method_names() if n != "asp"])
     if {c["data"]["src"], c["data"]["tgt"]} != {"en", "de"}:
         raise ValueError(f"config: data.src/data.tgt must be en and de (either way), got {c['data']['src']!r}/{c['data']['tgt']!r}")
     for section, key in (("optim", "max_steps"), ("data", "max_tokens"), ("optim", "update_freq"), ("train", "ckpt_every"),

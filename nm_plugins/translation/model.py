@@ -177,11 +177,12 @@ def build_model(cfg: dict, vocab_size: int) -> Transformer:
                         dec_layers=m["dec_layers"], dropout=m["dropout"], attn_dropout=m["attn_dropout"],
                         pre_norm=m["pre_norm"], max_positions=m["max_positions"])
     report = sparsify(model, pattern=sp["pattern"], method=sp["method"], decay=sp["decay"],
-                      keep_classifier_dense=True)
+                      keep_classifier_dense=True, method_args=sp.get("method_args") or None)
     expected = 4 * (m["enc_layers"] + 2 * m["dec_layers"]) + 2 * (m["enc_layers"] + m["dec_layers"])
     if len(report.sparse_layers) != expected:
         raise ValueError(f"sparsify made {len(report.sparse_layers)} layers N:M, expected every attention projection "
                          f"and FFN linear ({expected}); dense: {report.dense_layers}")
     model.nm_report = report
-    model.nm_config = {"method": sp["method"], "pattern": sp["pattern"], "decay": sp["decay"]}
+    model.nm_config = {"method": sp["method"], "pattern": sp["pattern"], "decay": sp["decay"],
+                       "method_args": dict(report.method_args)}
     return model

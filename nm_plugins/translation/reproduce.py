@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from nm_plugins.runtime.grid import only, run_or_reuse
-from nm_plugins.runtime.project import project_root, reproduce_parser, require_project
+from nm_plugins.runtime.cli import reproduce_parser
+from nm_plugins.runtime.project import project_root, require_project
 from nm_plugins.runtime.results import save_figure, write_results_json, write_text
 
 REPO = project_root()  # configs/ and ci/thresholds/ (NM_SPARSITY_ROOT, see nm_plugins.runtime.project)

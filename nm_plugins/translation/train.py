@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from nm_plugins.core import SADTracker, count_params_flops, sparse_layers
 from nm_plugins.runtime.cli import trainer_parser
 from nm_plugins.runtime.results import write_json
-from nm_plugins.runtime.training import (RunLogger, init_distributed, load_checkpoint, masks_digest, rng_state,
-                                      sad_log_entry, save_checkpoint, seed_everything, set_rng_state,
-                                      shutdown_distributed)
+from nm_plugins.runtime.training import (RunLogger, StepTimes, init_distributed, load_checkpoint, masks_digest,
+                                      masks_valid, rng_state, sad_log_entry, save_checkpoint, seed_everything,
+                                      set_rng_state, shutdown_distributed)
 
 from .config import load_config
 from .data import collate, epoch_order, load_split, make_batches, prepare_catalog_corpus, wmt_files
@@ -214,6 +214,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     order = epoch_order(len(train_batches), seed, epoch, info.rank, info.world_size)
     amp, smoothing, update_freq = tr["amp"], optim["label_smoothing"], optim["update_freq"]
     t_start = t_log = time.time()
+    step_times = StepTimes(tr["step_times"], info.device)
     while step < optim["max_steps"]:
         net.train()
         optimizer.zero_grad(set_to_none=True)
@@ -224,13 +225,16 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
                 order = epoch_order(len(train_batches), seed, epoch, info.rank, info.world_size)
             micro.append(collate(splits["train"], train_batches[order[pos]], info.device))
             pos += 1
+        step_times.start()
         ntok = _reduce([sum(b["ntokens"] for b in micro)], info)[0]
+        step_loss = 0.0
         for j, batch in enumerate(micro):
             sync = j == len(micro) - 1 or info.world_size == 1
             with (contextlib.nullcontext() if sync else net.no_sync()):
                 smoothed, plain = _loss(net, batch, smoothing, amp, info.device)
                 # normalised by the global token count; DDP averages over processes, hence x world size
                 (smoothed * info.world_size / ntok).backward()
+            step_loss += float(smoothed.detach())
             sums[0] += float(smoothed.detach())
             sums[1] += float(plain)
             sums[2] += batch["ntokens"]
@@ -238,6 +242,7 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim["clip_norm"])
         optimizer.step()
         scheduler.step()
+        step_times.stop(step_loss / max(sum(b["ntokens"] for b in micro), 1))  # per target token, this process
         step += 1
         if step % tr["log_every"] == 0 or step == optim["max_steps"]:
             s0, s1, n = _reduce(sums, info)
@@ -276,14 +281,15 @@ def run(cfg: dict, resume: "str | Path | bool | None" = None) -> dict:
     seconds = time.time() - t_start
     summary = {"status": "done"}
     if info.is_main:
-        summary = finish(model, vocab, splits, cfg, info, history, seconds, out_dir)
+        summary = finish(model, vocab, splits, cfg, info, history, seconds, out_dir, step_times.record())
     return summary
 
 
-def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> dict:
-    """Rank 0 after training: optional checkpoint averaging, test translation, scores, summary.json."""
+def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path, step_times: "dict | None" = None) -> dict:
+    """Rank 0 after training: optional checkpoint averaging, test translation, scores, summary.json (with the
+    per-step record ``step_times`` when given)."""
     tr, sp = cfg["train"], cfg["sparsity"]
-    masks = masks_digest(model)
+    masks, valid = masks_digest(model), masks_valid(model)
     averaged = sorted(out_dir.glob("weights_step*.pt"), key=lambda p: int(p.stem[12:]))[-tr["average_last"]:] \
         if tr["average_last"] and tr["average_last"] > 1 else []
     if len(averaged) > 1:
@@ -302,7 +308,7 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
     last_valid = next((h["valid"] for h in reversed(history) if h["valid"]), None)
     n_ex = cfg["decode"]["examples"]
     summary = {"status": "done", "name": cfg["name"], "method": sp["method"],
-               "pattern": None if sp["method"] == "dense" else sp["pattern"], "seed": int(tr["seed"]),
+               "method_args": dict(sp.get("method_args") or {}), "pattern": None if sp["method"] == "dense" else sp["pattern"], "seed": int(tr["seed"]),
                **{k: scores[k] for k in ("bleu", "chrf", "bleu_tok", "bleu_bp", "sys_len", "ref_len")},
                "signatures": scores["signatures"], "test_sentences": scores["sentences"],
                "valid_loss": last_valid["loss"] if last_valid else None, "test_nll": test_nll["loss"],
@@ -311,9 +317,13 @@ def finish(model, vocab, splits, cfg, info, history, seconds, out_dir: Path) -> 
                "sad_final": history[-1]["sad_init"] if history else 0.0, "sad_curve": [h["sad_init"] for h in history],
                "sad_steps": [h["step"] for h in history], "valid_curve": [h["valid"]["loss"] if h["valid"] else None for h in history],
                "steps": cfg["optim"]["max_steps"], "world_size": info.world_size, "seconds": seconds,
-               "decode_seconds": decode_seconds, "masks_sha": masks, "out_dir": str(out_dir), "config": cfg,
+               "decode_seconds": decode_seconds, "masks_sha": masks, "masks_valid": valid,
+               "sparse_layer_count": len(list(sparse_layers(model))),
+               "out_dir": str(out_dir), "config": cfg,
                "examples": [{"src": s, "ref": r, "hyp": h} for s, r, h in
                             list(zip(splits["test"].src_text, splits["test"].tgt_text, hyps))[:n_ex]]}
+    if step_times is not None:
+        summary["step_times"] = step_times
     write_json(out_dir / "summary.json", summary)
     return summary
 

@@ -51,10 +51,11 @@ def make_method(method, **settings) -> NMMethod:
 
 
 def _register_package_methods() -> None:
-    """Import every module of this package: each registers the method(s) it defines."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+    """Import every module of this package: each registers the method(s) it defines; the built-ins first (so
+    :func:`method_names` lists srste, ste, fixed, dense, asp before the others, whatever their module names)."""
+    names = sorted(info.name for info in pkgutil.iter_modules(__path__) if info.name != "base")
+    for name in sorted(names, key=lambda n: n != "builtin"):
+        importlib.import_module(f"{__name__}.{name}")
 
 
 _register_package_methods()
