@@ -427,6 +427,9 @@ def reproduce(task: str) -> int:
     if proxy:
         from nm_plugins.mmdet.proxy_data import generate
         print(f"COCO_ROOT is not set: running the CPU proxy at {generate()}", flush=True)
+        if "OMP_NUM_THREADS" not in os.environ:  # the committed proxy grid ran one thread (and 2 threads on 2 shared
+            torch.set_num_threads(1)             # cores ran up to 30x slower); OMP_NUM_THREADS=n chooses otherwise
+            print("the CPU proxy trains with one torch thread (set OMP_NUM_THREADS to choose)", flush=True)
     else:
         check_coco_root(coco_root)
     launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
