@@ -264,3 +264,24 @@ def test_smoke_harness_end_to_end(tmp_path, monkeypatch):
     assert main([]) == 0
     again = json.loads((tmp_path / "results" / "methods-imagenet-proxy-smoke" / "results.json").read_text())
     assert all(r["reused_run"] for r in again["runs"]) and again["per_seed"] == res["per_seed"]
+
+
+def test_committed_methods_results_fail_only_by_the_claims_the_readme_names():
+    """The committed harness results (make reproduce-methods): the ImageNet-proxy file passes ci.check; the
+    translation file fails exactly by five published claims contradicted after the Holm adjustment (README, issue 25
+    section): Bi-Mask's chrF gain, MaxQ and transposable masks not worse than SR-STE. Every mask check passes."""
+    from nm_plugins.runtime.config import load_yaml
+    from nm_plugins.verdicts import check
+    from nm_plugins.verdicts.claims import evaluate_claims, failed
+    repo = Path(__file__).resolve().parents[1]
+    expected = {"methods_imagenet_proxy": [], "methods_translation_proxy": sorted([
+        "Bi-Mask beats SR-STE at 2:4 (chrF)", "MaxQ not worse than SR-STE at 2:4 (test NLL)",
+        "MaxQ not worse than SR-STE at 2:4 (chrF)", "Transposable masks not worse than SR-STE at 2:4 (test NLL)",
+        "Transposable masks not worse than SR-STE at 2:4 (chrF)"])}
+    for stem, fails in expected.items():
+        results = repo / "results" / stem.replace("_", "-") / "results.json"
+        res = json.loads(results.read_text())
+        spec = load_yaml((repo / "ci" / "thresholds" / f"{stem}.yaml").read_text())
+        assert all(ok for *_, ok in check.evaluate(res["metrics"], spec["checks"])), stem
+        assert sorted(r["claim"] for r in failed(evaluate_claims(res["per_seed"], spec["claims"]))) == fails, stem
+        assert check.main([str(results), str(repo / "ci" / "thresholds" / f"{stem}.yaml")]) == (1 if fails else 0)
