@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from ..mask import group_topn, masked_grad, nm_mask
+from ..mask import group_topn, nm_mask
 from ..pattern import NMPattern
 from . import register_method
 from .base import NMMethod
+from .builtin import add_pruned_decay
 
 
 def backward_mask(weight: torch.Tensor, forward_mask: torch.Tensor, pattern: "NMPattern | str",
@@ -116,15 +117,7 @@ class BiMask(NMMethod):
 
     def step_term(self, weight, mask, grad, step, grad_scale=None, calls=1) -> bool:
         """grad += λ·calls·(1 − F) ⊙ W (times ``grad_scale`` while the gradient carries a loss scale)."""
-        decay = self.settings["decay"] * calls
-        if decay == 0.0:
-            return False
-        with torch.no_grad():
-            if grad_scale is not None:
-                grad.addcmul_(weight, (~mask).to(grad.dtype).mul_(grad_scale * decay))
-            else:
-                masked_grad(grad, weight, mask, decay, inplace=True)
-        return True
+        return add_pruned_decay(weight, mask, grad, self.settings["decay"] * calls, grad_scale)
 
     def method_state(self) -> dict:
         state = {"generator": self.generator.get_state()}

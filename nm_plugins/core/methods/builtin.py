@@ -33,15 +33,20 @@ class SRSTE(NMMethod):
         return self.settings["decay"] != 0.0
 
     def step_term(self, weight, mask, grad, step, grad_scale=None, calls=1) -> bool:
-        decay = self.settings["decay"] * calls
-        if decay == 0.0:
-            return False
-        with torch.no_grad():
-            if grad_scale is not None:
-                grad.addcmul_(weight, (~mask).to(grad.dtype).mul_(grad_scale * decay))
-            else:
-                masked_grad(grad, weight, mask, decay, inplace=True)
-        return True
+        return add_pruned_decay(weight, mask, grad, self.settings["decay"] * calls, grad_scale)
+
+
+def add_pruned_decay(weight, mask, grad, decay: float, grad_scale=None) -> bool:
+    """SR-STE's optimizer-step term, in place: grad += decay·(1 − mask)⊙weight (times ``grad_scale`` while the
+    gradient still carries a loss scale); False when decay is 0. Shared by the methods that keep SR-STE's decay."""
+    if decay == 0.0:
+        return False
+    with torch.no_grad():
+        if grad_scale is not None:
+            grad.addcmul_(weight, (~mask).to(grad.dtype).mul_(grad_scale * decay))
+        else:
+            masked_grad(grad, weight, mask, decay, inplace=True)
+    return True
 
 
 @register_method("ste")
