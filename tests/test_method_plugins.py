@@ -367,3 +367,19 @@ def test_switching_to_a_method_with_its_own_mask_recomputes_it_before_the_next_f
     assert layer.nm_method.pattern == layer.pattern and layer.nm_method.grouping == layer.grouping
     layer(torch.randn(2, 16))
     assert is_transposable_mask(layer.nm_mask, layer.pattern) and layer.mask_is_valid()
+
+
+def test_method_state_of_another_method_is_an_unexpected_key_not_silently_dropped():
+    """An S-STE checkpoint (with its per-layer β) loaded strictly into an SR-STE layer names the key it cannot use."""
+    from nm_plugins.core import SparseLinear
+    torch.manual_seed(5)
+    sste = SparseLinear(8, 4, pattern="2:4", method="sste")
+    sste(torch.randn(2, 8))
+    state = sste.state_dict()
+    assert "nm_method.beta" in state
+    srste = SparseLinear(8, 4, pattern="2:4", method="srste")
+    with pytest.raises(RuntimeError, match="nm_method.beta"):
+        srste.load_state_dict(state)
+    fresh = SparseLinear(8, 4, pattern="2:4", method="sste")
+    fresh.load_state_dict(state)
+    assert fresh.nm_method.beta == sste.nm_method.beta

@@ -478,10 +478,11 @@ class SparseMixin:
         state_prefix = prefix + METHOD_STATE
         method_state = {k[len(state_prefix):]: v for k, v in state_dict.items() if k.startswith(state_prefix)}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        for name in method_state:
-            if state_prefix + name in unexpected_keys:
-                unexpected_keys.remove(state_prefix + name)
-        self.nm_method.load_method_state(method_state)
+        if type(self.nm_method).load_method_state is not NMMethod.load_method_state:  # a method that keeps state
+            for name in method_state:
+                if state_prefix + name in unexpected_keys:
+                    unexpected_keys.remove(state_prefix + name)
+            self.nm_method.load_method_state(method_state)
         if not had_mask:
             # A dense checkpoint: the mask is derived from the loaded weight (for ``fixed`` too).
             if key in missing_keys:
