@@ -15,6 +15,7 @@ import torch
 
 from nm_plugins.core.mask import is_valid_nm_mask
 from nm_plugins.core.pattern import NMPattern
+from nm_plugins.runtime.training import load_checkpoint
 
 
 def fits_2_4(mask: torch.Tensor) -> bool:
@@ -85,14 +86,19 @@ def mask_properties(masks: dict, pattern: "str | NMPattern", outside: "list | No
 
 def checkpoint_state(path: "str | Path") -> dict:
     """The ``model`` state of a trainer checkpoint (or a plain state dict)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)  # the trainers' own loader: weights_only, no pickled code runs
     return state.get("model", state) if isinstance(state, dict) else {}
 
 
 def checkpoint_masks(path: "str | Path") -> dict:
     """``{layer: mask}`` of the ``*.nm_mask`` buffers of a trainer checkpoint's ``model`` state (or of a plain
     state dict)."""
-    return {k[: -len(".nm_mask")]: v for k, v in checkpoint_state(path).items() if k.endswith(".nm_mask")}
+    return _masks_of(checkpoint_state(path))
+
+
+def _masks_of(state: dict) -> dict:
+    """``{layer: mask}`` of the ``*.nm_mask`` entries of a model state dict."""
+    return {k[: -len(".nm_mask")]: v for k, v in state.items() if k.endswith(".nm_mask")}
 
 
 def run_mask_properties(out_dir: "str | Path", pattern: str, checkpoint: str = "checkpoint.pt",
@@ -103,7 +109,7 @@ def run_mask_properties(out_dir: "str | Path", pattern: str, checkpoint: str = "
     if not path.is_file():
         return None
     state = checkpoint_state(path)
-    masks = {k[: -len(".nm_mask")]: v for k, v in state.items() if k.endswith(".nm_mask")}
+    masks = _masks_of(state)
     outside, error = None, None
     if method:
         try:
