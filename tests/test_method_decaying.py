@@ -9,6 +9,7 @@ from nm_plugins.core.mask import nm_mask
 from nm_plugins.core.methods import make_method, method_names
 from nm_plugins.core.methods.decaying import Decaying
 from nm_plugins.core.pattern import NMPattern
+from method_training import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 P24 = NMPattern.parse("2:4")
@@ -143,13 +144,7 @@ def test_a_small_mlp_learns_and_ends_hard_nm():
     layers = dict(sparse_layers(model))
     assert len(layers) == 3
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(model, x, y, opt, 150)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert (model(x).argmax(1) == y).float().mean().item() > 0.8
     for layer in layers.values():

@@ -9,6 +9,7 @@ from nm_plugins.core.mask import is_valid_nm_mask, to_groups
 from nm_plugins.core.methods import make_method
 from nm_plugins.core.methods.sste import rescale_factor, soft_threshold
 from nm_plugins.core.pattern import NMPattern
+from method_training import fit
 
 
 def _reference_soft_threshold(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -201,10 +202,7 @@ def test_sste_mlp_learns_through_sparsify_with_valid_masks():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss = lambda: torch.nn.functional.cross_entropy(model(x), y)
     first = loss().item()
-    for _ in range(40):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
+    fit(model, x, y, opt, 40)
     last = loss().item()
     assert last < 0.2 * first, (first, last)  # 1.40 -> ~0.02 when written
     for name, layer in sparse_layers(model):

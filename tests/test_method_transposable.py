@@ -10,6 +10,7 @@ from nm_plugins.core.methods import make_method, method_names
 from nm_plugins.core.methods.transposable import (Transposable, from_blocks, is_transposable_mask, to_blocks,
                                                   transposable_mask)
 from nm_plugins.core.pattern import NMPattern
+from method_training import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 PATTERNS = ["2:4", "1:4", "3:4", "1:2", "4:8", "2:8", "1:8"]
@@ -232,13 +233,7 @@ def test_a_small_mlp_learns_with_transposable_masks():
     layers = dict(sparse_layers(model))
     assert len(layers) == 3 and report.method == "transposable"
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(model, x, y, opt, 150)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.8
